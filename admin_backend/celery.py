@@ -1,0 +1,47 @@
+"""The Celery application of admin_backend.
+
+All settings come from Django's settings (``CELERY_`` namespace), which read the
+environment; the queue table in ``admin_backend/queues.py`` derives queues,
+routes and limits. This module only creates the app, wires logging into
+Django's ``LOGGING`` and refuses to start a worker on an unsafe configuration.
+"""
+
+from __future__ import annotations
+
+import logging.config
+import os
+
+from celery import Celery, signals
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "admin_backend.settings")
+
+# Every task gets the project retry policy (taskcore.base.BaseTask).
+app = Celery("admin_backend", task_cls="taskcore.base:BaseTask")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@signals.setup_logging.connect
+def use_django_logging(loglevel=None, **kwargs):
+    """Celery configures nothing itself when this signal has a receiver.
+
+    Django's LOGGING (files, rotation, task ids, secret masking) applies to every
+    Celery process; ``--loglevel`` still sets the level of Celery's loggers.
+    """
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+    if loglevel:
+        logging.getLogger("celery").setLevel(loglevel)
+
+
+@signals.worker_init.connect
+def refuse_unsafe_configuration(sender=None, **kwargs):
+    """Fail loudly, before consuming anything, when the settings would lose or repeat work."""
+    from taskcore.config_audit import critical_problems
+
+    problems = critical_problems(app.conf)
+    if problems:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("Unsafe Celery configuration:\n- " + "\n- ".join(problems))

@@ -1,0 +1,185 @@
+"""The queue table: the one place where queues are described.
+
+Routing, kombu ``Queue`` declarations, task annotations (time and rate limits,
+retry policy), the start script's worker commands and the health thresholds are
+all derived from ``QUEUES``. Never type a queue name anywhere else.
+
+This module must stay importable without Django settings (the start script and
+the settings module both read it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kombu import Exchange, Queue
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One queue: what it carries, how long its work may take, how it is worked."""
+
+    name: str
+    purpose: str
+    # Task-name prefixes (Django app labels) routed here; "default" takes the rest.
+    apps: tuple[str, ...]
+    # Time limits in seconds: soft raises SoftTimeLimitExceeded in the task, hard kills it.
+    soft_time_limit: int
+    time_limit: int
+    # Celery rate limit string per task type and worker ("100/m"), None for unlimited.
+    rate_limit: str | None = None
+    # Retry policy for transient errors: exponential backoff with full jitter.
+    max_retries: int = 5
+    retry_backoff_base: int = 2
+    retry_backoff_cap: int = 300
+    # Worker shape (start here, then measure; see docs/benchmarks.md).
+    worker_group: str = "all"
+    pool: str = "prefork"
+    concurrency: int = 2
+    prefetch_multiplier: int = 1
+    max_tasks_per_child: int = 1000
+    max_memory_per_child_kb: int | None = None
+    # Health thresholds: queue depth (messages) and age of oldest message (seconds).
+    depth_warning: int = 1_000
+    depth_critical: int = 10_000
+    age_warning: int = 60
+    age_critical: int = 300
+    # Per task type overrides of the annotation values above, keyed by full task name.
+    task_overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+QUEUES: tuple[QueueSpec, ...] = (
+    QueueSpec(
+        name="default",
+        purpose="General tasks: system tasks, debug tasks",
+        apps=(),
+        soft_time_limit=60,
+        time_limit=90,
+        worker_group="io",
+    ),
+    QueueSpec(
+        name="email",
+        purpose="Email processing: notifications, bulk emails",
+        apps=("notifications",),
+        soft_time_limit=120,
+        time_limit=180,
+        rate_limit="600/m",
+        max_retries=8,
+        retry_backoff_cap=600,
+        worker_group="io",
+        concurrency=4,
+    ),
+    QueueSpec(
+        name="media",
+        purpose="Media processing: image processing, file uploads",
+        apps=("media",),
+        soft_time_limit=120,
+        time_limit=150,
+        max_retries=3,
+        worker_group="cpu",
+        max_memory_per_child_kb=512_000,
+    ),
+    QueueSpec(
+        name="reports",
+        purpose="Report generation: data exports, admin reports",
+        apps=("reports",),
+        soft_time_limit=1_500,
+        time_limit=1_800,
+        max_retries=3,
+        worker_group="batch",
+        concurrency=1,
+        max_tasks_per_child=100,
+        max_memory_per_child_kb=1_024_000,
+        age_warning=300,
+        age_critical=1_800,
+    ),
+    QueueSpec(
+        name="maintenance",
+        purpose="System maintenance: health checks, cleanup tasks",
+        apps=("maintenance",),
+        soft_time_limit=240,
+        time_limit=300,
+        max_retries=3,
+        worker_group="ops",
+        concurrency=1,
+    ),
+)
+
+DEFAULT_QUEUE = "default"
+QUEUES_BY_NAME: dict[str, QueueSpec] = {spec.name: spec for spec in QUEUES}
+QUEUE_NAMES: tuple[str, ...] = tuple(spec.name for spec in QUEUES)
+
+
+def queue_for_task(task_name: str) -> str:
+    """Return the queue a task name is routed to by its app prefix."""
+    app_label = task_name.split(".", 1)[0]
+    for spec in QUEUES:
+        if app_label in spec.apps:
+            return spec.name
+    return DEFAULT_QUEUE
+
+
+def spec_for_task(task_name: str) -> QueueSpec:
+    return QUEUES_BY_NAME[queue_for_task(task_name)]
+
+
+def kombu_queues() -> tuple[Queue, ...]:
+    """Declarations for ``task_queues``: one direct exchange per queue, as Celery does."""
+    return tuple(
+        Queue(spec.name, Exchange(spec.name, type="direct"), routing_key=spec.name)
+        for spec in QUEUES
+    )
+
+
+def route_task(name, args, kwargs, options, task=None, **kw):
+    """Celery router (``task_routes``): send each task to its app's queue.
+
+    An explicit ``queue=`` given at call time wins (Celery merges options that
+    way), so ``health_check_task`` can still be sent to every queue.
+    """
+    return {"queue": queue_for_task(name)}
+
+
+class QueueTableAnnotations:
+    """Celery ``task_annotations`` object deriving limits from the queue table.
+
+    Celery calls ``annotate(task)`` once per task class; the returned attributes
+    become that task's defaults (``time_limit``, ``rate_limit``, ...).
+    """
+
+    def annotate(self, task) -> dict[str, object]:
+        if not task.name or task.name.startswith("celery."):
+            return {}
+        spec = spec_for_task(task.name)
+        values: dict[str, object] = {
+            "soft_time_limit": spec.soft_time_limit,
+            "time_limit": spec.time_limit,
+            "max_retries": spec.max_retries,
+        }
+        if spec.rate_limit:
+            values["rate_limit"] = spec.rate_limit
+        values.update(spec.task_overrides.get(task.name, {}))
+        return values
+
+
+def longest_time_limit() -> int:
+    limits = [spec.time_limit for spec in QUEUES]
+    limits += [
+        int(value)
+        for spec in QUEUES
+        for override in spec.task_overrides.values()
+        for key, value in override.items()
+        if key == "time_limit"
+    ]
+    return max(limits)
+
+
+def longest_retry_delay() -> int:
+    return max(spec.retry_backoff_cap for spec in QUEUES)
+
+
+def worker_groups() -> dict[str, tuple[QueueSpec, ...]]:
+    groups: dict[str, list[QueueSpec]] = {}
+    for spec in QUEUES:
+        groups.setdefault(spec.worker_group, []).append(spec)
+    return {name: tuple(specs) for name, specs in groups.items()}

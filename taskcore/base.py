@@ -1,0 +1,100 @@
+"""The base class of every project task: one retry policy for the whole project.
+
+Transient errors (the network, the broker, a database that is briefly away,
+SMTP 4xx, our ``TransientError``) retry with exponential backoff and full
+jitter, up to the queue table's ``max_retries``. Everything else fails at once:
+retrying a validation error only delays the same failure.
+"""
+
+from __future__ import annotations
+
+import random
+import smtplib
+import socket
+
+from celery import Task
+from django.db import InterfaceError, OperationalError
+from django.db.models import Model
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from admin_backend import queues
+
+
+class TransientError(Exception):
+    """Raise from a service when trying again later may succeed."""
+
+
+class PermanentError(Exception):
+    """Raise from a service when trying again can never succeed (bad input, corrupt file)."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    ConnectionError,  # includes ConnectionRefusedError, ConnectionResetError
+    TimeoutError,
+    socket.timeout,
+    RedisConnectionError,
+    RedisTimeoutError,
+    BrokerOperationalError,
+    OperationalError,  # database unavailable, lock timeouts
+    InterfaceError,
+    smtplib.SMTPServerDisconnected,
+    smtplib.SMTPConnectError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the error may go away by itself; SMTP replies decide by their code."""
+    if isinstance(exc, PermanentError):
+        return False
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return bool(codes) and all(400 <= code < 500 for code in codes)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def backoff_delay(retries: int, *, base: int, cap: int, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**retries)].
+
+    Full jitter spreads a burst of failures over the whole window, so a broker or
+    SMTP server that comes back is not hit by every retry at the same second.
+    """
+    ceiling = min(cap, base * (2**retries))
+    return (rng or random).uniform(0, ceiling)
+
+
+def _reject_model_instances(values) -> None:
+    for value in values:
+        if isinstance(value, Model):
+            raise TypeError(
+                f"task arguments must be ids and primitives, not model instances: "
+                f"pass {type(value).__name__}.pk ({value.pk!r}) instead"
+            )
+
+
+class BaseTask(Task):
+    """Retry transient errors with backoff; fail permanent ones at once."""
+
+    abstract = True
+
+    def apply_async(self, args=None, kwargs=None, **options):
+        _reject_model_instances(args or ())
+        _reject_model_instances((kwargs or {}).values())
+        return super().apply_async(args, kwargs, **options)
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc) or self.request.called_directly:
+                raise
+            spec = queues.spec_for_task(self.name)
+            countdown = backoff_delay(
+                self.request.retries, base=spec.retry_backoff_base, cap=spec.retry_backoff_cap
+            )
+            # retry() raises Retry, or re-raises exc once max_retries is reached.
+            raise self.retry(exc=exc, countdown=countdown) from exc

@@ -1,0 +1,98 @@
+"""Audit of the Celery configuration for settings that lose or repeat work.
+
+One function used by the worker at start-up (refuses to run on a critical
+problem), by Django's system checks (``manage.py check``) and later by the
+health command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from admin_backend import queues
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    code: str  # stable identifier, e.g. for Django's system check ids
+    level: str  # "critical" or "warning"
+    message: str
+    remedy: str
+
+
+def audit(conf) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    broker_url = str(conf.broker_url or "")
+    transport_options = conf.broker_transport_options or {}
+    visibility_timeout = transport_options.get("visibility_timeout", 3600)
+
+    if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        longest_limit = queues.longest_time_limit()
+        if visibility_timeout <= longest_limit:
+            problems.append(
+                ConfigProblem(
+                    "visibility_vs_time_limit",
+                    "critical",
+                    f"visibility_timeout {visibility_timeout}s is not longer than the longest "
+                    f"task time limit {longest_limit}s: a running task would be delivered twice",
+                    "raise CELERY_VISIBILITY_TIMEOUT above the longest time_limit in "
+                    "admin_backend/queues.py",
+                )
+            )
+        longest_delay = queues.longest_retry_delay()
+        if visibility_timeout <= longest_delay:
+            problems.append(
+                ConfigProblem(
+                    "visibility_vs_retry",
+                    "critical",
+                    f"visibility_timeout {visibility_timeout}s is not longer than the longest "
+                    f"retry countdown {longest_delay}s: a waiting retry would be delivered twice",
+                    "raise CELERY_VISIBILITY_TIMEOUT or lower retry_backoff_cap",
+                )
+            )
+
+    accepted = set(conf.accept_content or ())
+    if accepted - {"json", "application/json"}:
+        problems.append(
+            ConfigProblem(
+                "unsafe_serializer",
+                "critical",
+                f"accept_content allows {sorted(accepted)}: only JSON is safe to deserialise",
+                "set CELERY_ACCEPT_CONTENT = ['json']",
+            )
+        )
+    if not conf.result_expires:
+        problems.append(
+            ConfigProblem(
+                "results_never_expire",
+                "warning",
+                "results never expire: the result backend grows without bound",
+                "set CELERY_RESULT_EXPIRES (seconds)",
+            )
+        )
+    declared = {queue.name for queue in (conf.task_queues or ())}
+    missing = set(queues.QUEUE_NAMES) - declared
+    if missing:
+        problems.append(
+            ConfigProblem(
+                "undeclared_queues",
+                "critical",
+                f"queues in the queue table but not declared: {sorted(missing)}",
+                "derive CELERY_TASK_QUEUES from admin_backend.queues.kombu_queues()",
+            )
+        )
+    if conf.task_create_missing_queues:
+        problems.append(
+            ConfigProblem(
+                "missing_queues_created",
+                "warning",
+                "task_create_missing_queues is on: a typo in a queue name creates a queue "
+                "no worker consumes",
+                "set CELERY_TASK_CREATE_MISSING_QUEUES = False",
+            )
+        )
+    return problems
+
+
+def critical_problems(conf) -> list[str]:
+    return [f"{p.message} (fix: {p.remedy})" for p in audit(conf) if p.level == "critical"]
