@@ -101,9 +101,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(VAR_DIR / "static")))
 MEDIA_URL = "media/"
-MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 
 # --- Security (production values follow DEBUG=False; see docs/operations.md) --
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -151,7 +151,9 @@ REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=50)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": env("CACHE_URL", default=_redis_url(1) if "REDIS_URL" not in env else REDIS_URL),
+        "LOCATION": env(
+            "CACHE_URL", default=_redis_url(1) if "REDIS_URL" not in env else REDIS_URL
+        ),
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="admin_backend"),
         "OPTIONS": {
             "socket_keepalive": True,
@@ -172,7 +174,9 @@ CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = env.int("CELERY_BROKER_CONNECTION_MAX_RETRIES", default=10)
-CELERY_BROKER_CONNECTION_RETRY_DELAY = env.float("CELERY_BROKER_CONNECTION_RETRY_DELAY", default=5.0)
+CELERY_BROKER_CONNECTION_RETRY_DELAY = env.float(
+    "CELERY_BROKER_CONNECTION_RETRY_DELAY", default=5.0
+)
 CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT
 CELERY_BROKER_POOL_LIMIT = env.int("CELERY_BROKER_POOL_LIMIT", default=10)
 
@@ -181,7 +185,8 @@ CELERY_BROKER_POOL_LIMIT = env.int("CELERY_BROKER_POOL_LIMIT", default=10)
 # the longest retry countdown, or a running/waiting task is delivered twice;
 # admin_backend.celery checks that at start-up and refuses to run otherwise.
 CELERY_VISIBILITY_TIMEOUT = env.int(
-    "CELERY_VISIBILITY_TIMEOUT", default=max(queues.longest_time_limit(), queues.longest_retry_delay()) * 2
+    "CELERY_VISIBILITY_TIMEOUT",
+    default=max(queues.longest_time_limit(), queues.longest_retry_delay()) * 2,
 )
 _redis_transport_options = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
@@ -216,7 +221,6 @@ if CELERY_RESULT_BACKEND.startswith("rediss://"):
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_TRACK_STARTED = True
-CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD", default=1000)
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=4)
@@ -247,7 +251,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Logging -----------------------------------------------------------------
-LOG_DIR = env.path("LOG_DIR", default=BASE_DIR / "logs")
+LOG_DIR = Path(env("LOG_DIR", default=str(BASE_DIR / "logs")))
 CELERY_LOG_LEVEL = env("CELERY_LOG_LEVEL", default="INFO").upper()
 LOG_FORMAT = env("LOG_FORMAT", default="text")
 LOG_MAX_BYTES = env.int("LOG_MAX_BYTES", default=10 * 1024 * 1024)

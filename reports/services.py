@@ -35,7 +35,9 @@ def export_model_csv(model_label: str, fields: list[str] | None, output_name: st
     try:
         model = apps.get_model(model_label)
     except (LookupError, ValueError):
-        raise PermanentError(f"unknown model {model_label!r} (expected 'app_label.ModelName')") from None
+        raise PermanentError(
+            f"unknown model {model_label!r} (expected 'app_label.ModelName')"
+        ) from None
     allowed = exportable_fields(model)
     fields = list(fields or allowed)
     refused = [name for name in fields if name not in allowed]
@@ -54,8 +56,8 @@ def export_model_csv(model_label: str, fields: list[str] | None, output_name: st
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(fields)
-            for row in model._default_manager.order_by("pk").values_list(*fields).iterator(
-                chunk_size=2000
+            for row in (
+                model._default_manager.order_by("pk").values_list(*fields).iterator(chunk_size=2000)
             ):
                 writer.writerow([neutralise_formula(value) for value in row])
                 rows += 1

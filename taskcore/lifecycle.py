@@ -25,8 +25,10 @@ _started_at: dict[str, float] = {}
 def _ids(task=None, request=None, task_id=None):
     request = request or getattr(task, "request", None)
     # A worker-side Request names its task in .task_name, a task's Context in .task.
-    name = getattr(task, "name", None) or getattr(request, "task_name", None) or getattr(
-        request, "task", None
+    name = (
+        getattr(task, "name", None)
+        or getattr(request, "task_name", None)
+        or getattr(request, "task", None)
     )
     if not isinstance(name, str):
         name = "?"
@@ -81,7 +83,9 @@ def on_heartbeat_sent(sender=None, **kwargs):
 
 @signals.celeryd_after_setup.connect
 def on_worker_setup(sender=None, instance=None, conf=None, **kwargs):
-    worker_log.info("worker configured: hostname=%s broker=%s", sender, mask_text(str(conf.broker_url)))
+    worker_log.info(
+        "worker configured: hostname=%s broker=%s", sender, mask_text(str(conf.broker_url))
+    )
 
 
 # --- tasks -------------------------------------------------------------------
@@ -100,7 +104,9 @@ def on_task_received(request=None, **kwargs):
 @signals.task_prerun.connect
 def on_task_prerun(task_id=None, task=None, **kwargs):
     _started_at[task_id] = time.perf_counter()
-    task_log.info("task started: retries=%s", task.request.retries, extra=_ids(task, task_id=task_id))
+    task_log.info(
+        "task started: retries=%s", task.request.retries, extra=_ids(task, task_id=task_id)
+    )
 
 
 @signals.task_postrun.connect
@@ -109,7 +115,11 @@ def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
     runtime = time.perf_counter() - started if started is not None else float("nan")
     level = logging.INFO if state == "SUCCESS" else logging.WARNING
     task_log.log(
-        level, "task finished: state=%s runtime=%.3fs", state, runtime, extra=_ids(task, task_id=task_id)
+        level,
+        "task finished: state=%s runtime=%.3fs",
+        state,
+        runtime,
+        extra=_ids(task, task_id=task_id),
     )
 
 
@@ -157,4 +167,6 @@ def on_task_revoked(request=None, terminated=None, signum=None, expired=None, **
 
 @signals.task_unknown.connect
 def on_task_unknown(name=None, id=None, message=None, exc=None, **kwargs):
-    task_log.error("unknown task refused: %s", name, extra={"task_id": id or "-", "task_name": name})
+    task_log.error(
+        "unknown task refused: %s", name, extra={"task_id": id or "-", "task_name": name}
+    )

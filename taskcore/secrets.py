@@ -8,9 +8,13 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "****"
 
 # scheme://user:password@host  (user may be empty: redis://:password@host)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s'\"]*:)(?P<secret>[^@\s'\"/]+)(?P<tail>@)")
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s'\"]*:)(?P<secret>[^@\s'\"/]+)(?P<tail>@)"
+)
 # ?password=... in query strings (sentinel and some DSNs carry it there)
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|sentinel_password|pass)=)(?P<secret>[^&\s'\"]+)", re.I)
+_QUERY_PASSWORD = re.compile(
+    r"(?P<head>[?&](?:password|sentinel_password|pass)=)(?P<secret>[^&\s'\"]+)", re.I
+)
 
 
 def mask_url(url: str | None) -> str:

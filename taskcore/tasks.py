@@ -5,23 +5,43 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from celery import shared_task
 
+from taskcore.base import PermanentError
+
 logger = logging.getLogger(__name__)
+
+MAX_DEBUG_SLEEP = 60.0
 
 
 @shared_task(bind=True, name="taskcore.tasks.debug_task")
-def debug_task(self, message: str = "debug") -> dict:
-    """Echo where and how the task ran: the quickest end-to-end check of the system."""
+def debug_task(self, message: str = "debug", sleep: float = 0.0) -> dict:
+    """Echo where and how the task ran: the quickest end-to-end check of the system.
+
+    ``sleep`` (seconds, at most 60) simulates work, e.g. to watch a task run in
+    Flower or to kill a worker in the middle of one.
+    """
+    try:
+        sleep = float(sleep)
+    except (TypeError, ValueError):
+        raise PermanentError(f"sleep must be a number of seconds, got {sleep!r}") from None
+    if not 0 <= sleep <= MAX_DEBUG_SLEEP:
+        raise PermanentError(f"sleep must be between 0 and {MAX_DEBUG_SLEEP} seconds, got {sleep}")
+    started = time.time()
+    if sleep:
+        time.sleep(sleep)
     delivery = self.request.delivery_info or {}
     result = {
         "message": str(message)[:200],
         "task_id": self.request.id,
         "hostname": self.request.hostname,
         "queue": delivery.get("routing_key"),
+        "redelivered": bool(delivery.get("redelivered")),
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        "started_at": started,
     }
     logger.info("debug_task ran: %s", result)
     return result

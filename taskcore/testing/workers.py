@@ -1,0 +1,119 @@
+"""Real Celery worker processes for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from celery import Celery
+
+
+class WorkerProcess:
+    """``celery -A admin_backend worker`` in a subprocess, stopped cleanly on exit.
+
+    ``env`` is added to this process's environment, so the worker reads the same
+    settings the test process does, plus whatever the test overrides.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        queues: list[str] | tuple[str, ...],
+        *,
+        log_path: Path,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        name: str | None = None,
+    ):
+        self.app = app
+        self.queues = list(queues)
+        self.hostname = f"{name or 'test'}-{uuid.uuid4().hex[:8]}@localhost"
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.pool = pool
+        self.env = {**os.environ, **(env or {})}
+        self.extra_args = list(extra_args or [])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "admin_backend",
+            "worker",
+            f"--queues={','.join(self.queues)}",
+            f"--hostname={self.hostname}",
+            f"--pool={self.pool}",
+            f"--concurrency={self.concurrency}",
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+            *self.extra_args,
+        ]
+
+    def start(self, wait: bool = True, timeout: float = 60) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_handle = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited with {self.process.returncode}:\n{self.output()}"
+                )
+            if self.app.control.ping(destination=[self.hostname], timeout=0.5):
+                return
+        raise RuntimeError(f"worker {self.hostname} not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def child_pids(self) -> list[int]:
+        """PIDs of the pool's child processes (from /proc: no extra dependency)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def stop(self, timeout: float = 30) -> int:
+        """Warm shutdown (SIGTERM): running tasks finish, then the worker exits."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if hasattr(self, "_log_handle"):
+            self._log_handle.close()
+        return self.process.returncode if self.process else 0
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the main process and its children."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,152 @@
+"""Log files: the spec's five, rotating with several processes writing, task ids on every line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from taskcore.logging import LOG_FILES, SecretMaskingFilter, build_logging_config
+from taskcore.secrets import mask_text, mask_url
+from taskcore.tasks import debug_task
+from taskcore.testing.workers import WorkerProcess
+
+
+def _lines(log_dir: Path, filename: str) -> list[str]:
+    lines = []
+    for path in sorted(log_dir.glob(filename + "*")):
+        if path.suffix != ".lock" and not path.name.startswith("."):
+            lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines
+
+
+def test_the_five_log_files_are_created(tmp_path):
+    build_logging_config(log_dir=tmp_path / "logs")
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(LOG_FILES.values())
+
+
+def test_default_rotation_is_10_mb_keeping_5(tmp_path):
+    config = build_logging_config(log_dir=tmp_path)
+    handler = config["handlers"]["tasks"]
+    assert handler["maxBytes"] == 10 * 1024 * 1024
+    assert handler["backupCount"] == 5
+    assert handler["class"] == "concurrent_log_handler.ConcurrentRotatingFileHandler"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_logs_rotate_with_several_processes_writing_and_lose_no_line(start_worker, test_work_dir):
+    log_dir = test_work_dir / "rotation-logs"
+    # Small files so a few hundred tasks rotate many times; enough backups to keep all.
+    worker = start_worker(
+        ["default"],
+        concurrency=2,
+        env={"LOG_DIR": str(log_dir), "LOG_MAX_BYTES": "40000", "LOG_BACKUP_COUNT": "200"},
+    )
+    results = [debug_task.delay(f"line-{n}") for n in range(400)]
+    task_ids = {result.get(timeout=60)["task_id"] for result in results}
+    worker.stop()
+
+    rotated = [p for p in log_dir.glob("celery_tasks.log.*") if p.suffix != ".lock"]
+    assert len(rotated) >= 3, "celery_tasks.log should have rotated"
+    assert all(p.stat().st_size <= 40000 + 4096 for p in rotated)
+
+    lines = _lines(log_dir, "celery_tasks.log")
+    ran = [line for line in lines if "debug_task ran:" in line]
+    # Written by the pool children; received/finished lines by the main process too.
+    assert len(ran) == 400
+    ids_on_lines = {re.search(r"id=([0-9a-f-]{36})\]", line).group(1) for line in ran}
+    assert ids_on_lines == task_ids
+    received = [line for line in lines if "task received" in line]
+    finished = [line for line in lines if "task finished: state=SUCCESS" in line]
+    assert len(received) == len(finished) == 400
+    writers = {re.search(r"\[([\w-]+):(\d+)\]", line).group(2) for line in ran + received}
+    assert len(writers) >= 2  # the main process and pool children shared the files
+
+
+@pytest.mark.django_db(transaction=True)
+def test_json_log_format_carries_task_fields(start_worker, test_work_dir):
+    log_dir = test_work_dir / "json-logs"
+    worker = start_worker(["default"], env={"LOG_DIR": str(log_dir), "LOG_FORMAT": "json"})
+    task_id = debug_task.delay("as-json").get(timeout=20)["task_id"]
+    worker.stop()
+    records = [json.loads(line) for line in _lines(log_dir, "celery_tasks.log")]
+    ran = [r for r in records if r["message"].startswith("debug_task ran")]
+    assert ran and ran[0]["task_id"] == task_id
+    assert ran[0]["task_name"] == "taskcore.tasks.debug_task"
+
+
+def test_mask_url_hides_passwords():
+    assert mask_url("redis://:s3cret@redis:6379/0") == "redis://:****@redis:6379/0"
+    assert mask_url("amqp://guest:pw@rabbit//") == "amqp://guest:****@rabbit//"
+    assert mask_url("redis://redis:6379/0") == "redis://redis:6379/0"
+    assert (
+        mask_text("a=redis://:x@h:1/0;redis://:y@h2:1/0 b")
+        == "a=redis://:****@h:1/0;redis://:****@h2:1/0 b"
+    )
+    assert (
+        mask_text("sentinel://h:26379?password=abc&x=1") == "sentinel://h:26379?password=****&x=1"
+    )
+
+
+def test_masking_filter_masks_messages_and_tracebacks():
+    import logging
+
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "broker %s down", ("redis://:pw1@h/0",), None
+    )
+    try:
+        raise ConnectionError("cannot reach redis://:pw2@h/0")
+    except ConnectionError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    SecretMaskingFilter().filter(record)
+    assert "pw1" not in record.getMessage()
+    assert "pw2" not in record.exc_text and "****" in record.exc_text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_secret_in_worker_output_or_logs(
+    private_redis, test_work_dir, worker_database_url, monkeypatch
+):
+    password = "Sup3r-Secret-Pw"
+    server = private_redis("--requirepass", password)
+    url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+    log_dir = test_work_dir / "secret-logs"
+    env = {
+        "CELERY_BROKER_URL": url,
+        "CELERY_RESULT_BACKEND": url,
+        "CACHE_URL": url,
+        "LOG_DIR": str(log_dir),
+        "CELERY_LOG_LEVEL": "DEBUG",
+    }
+    # A client app of its own on the password-protected Redis (Celery lets the
+    # CELERY_BROKER_URL and CELERY_RESULT_BACKEND variables override the
+    # arguments, so set them too).
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+    app = Celery("secret-check", broker=url, backend=url, set_as_current=False)
+
+    worker = WorkerProcess(
+        app,
+        ["default"],
+        log_path=test_work_dir / "secret-worker.out",
+        env={**env, "DATABASE_URL": worker_database_url},
+    )
+    worker.start()
+    try:
+        # The task logs its argument: a URL with the password must come out masked.
+        result = app.send_task("taskcore.tasks.debug_task", args=[url], queue="default")
+        assert result.get(timeout=20)["message"] == url  # the task itself got the real value
+    finally:
+        worker.stop()
+
+    outputs = {"worker stdout/stderr": worker.output()}
+    for path in log_dir.iterdir():
+        outputs[path.name] = path.read_text(errors="replace")
+    assert "redis://:****@" in outputs["celery_tasks.log"]
+    for name, text in outputs.items():
+        assert password not in text, f"password printed in {name}"
