@@ -1,0 +1,121 @@
+"""Worker command lines derived from the queue table.
+
+The start scripts and Docker Compose run what this prints, so a queue, pool or
+limit changes in ``admin_backend/queues.py`` only.
+
+    python -m admin_backend.worker_commands              # one worker, all queues
+    python -m admin_backend.worker_commands --groups     # one worker per group
+    python -m admin_backend.worker_commands --group io   # one group's worker
+    python -m admin_backend.worker_commands --json       # machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from dataclasses import asdict, dataclass
+
+from admin_backend import queues
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    name: str
+    queues: tuple[str, ...]
+    args: tuple[str, ...]
+
+    def shell(self) -> str:
+        return shlex.join(self.args)
+
+
+def _base_args(
+    *, queue_names, hostname, pool, concurrency, prefetch, max_tasks, max_memory_kb
+) -> tuple[str, ...]:
+    args = [
+        "celery",
+        "-A",
+        "admin_backend",
+        "worker",
+        "--loglevel",
+        os.environ.get("CELERY_LOG_LEVEL", "INFO").lower(),
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--prefetch-multiplier={prefetch}",
+        f"--queues={','.join(queue_names)}",
+        f"--hostname={hostname}",
+    ]
+    if pool == "prefork":
+        # Child recycling only exists for prefork; the spec's 1000 by default.
+        args.append(f"--max-tasks-per-child={max_tasks}")
+        if max_memory_kb:
+            args.append(f"--max-memory-per-child={max_memory_kb}")
+    return tuple(args)
+
+
+def all_in_one() -> WorkerCommand:
+    """The spec's single worker: every queue, prefork, concurrency from the environment."""
+    concurrency = int(os.environ.get("CELERY_WORKER_CONCURRENCY", "4"))
+    max_tasks = int(os.environ.get("CELERY_WORKER_MAX_TASKS_PER_CHILD", "1000"))
+    return WorkerCommand(
+        "worker",
+        queues.QUEUE_NAMES,
+        _base_args(
+            queue_names=queues.QUEUE_NAMES,
+            hostname="worker@%h",
+            pool="prefork",
+            concurrency=concurrency,
+            prefetch=1,
+            max_tasks=max_tasks,
+            max_memory_kb=None,
+        ),
+    )
+
+
+def for_group(group: str) -> WorkerCommand:
+    groups = queues.worker_groups()
+    if group not in groups:
+        raise SystemExit(f"unknown worker group {group!r}; groups: {', '.join(sorted(groups))}")
+    specs = groups[group]
+    pools = {spec.pool for spec in specs}
+    if len(pools) != 1:
+        raise SystemExit(f"group {group!r} mixes pools {sorted(pools)}; fix admin_backend/queues.py")
+    memory = [spec.max_memory_per_child_kb for spec in specs if spec.max_memory_per_child_kb]
+    return WorkerCommand(
+        f"worker-{group}",
+        tuple(spec.name for spec in specs),
+        _base_args(
+            queue_names=[spec.name for spec in specs],
+            hostname=f"{group}@%h",
+            pool=pools.pop(),
+            concurrency=max(spec.concurrency for spec in specs),
+            prefetch=min(spec.prefetch_multiplier for spec in specs),
+            max_tasks=min(spec.max_tasks_per_child for spec in specs),
+            max_memory_kb=min(memory) if memory else None,
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--groups", action="store_true", help="one worker per worker group")
+    parser.add_argument("--group", help="only this worker group")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of shell lines")
+    options = parser.parse_args(argv)
+    if options.group:
+        commands = [for_group(options.group)]
+    elif options.groups:
+        commands = [for_group(group) for group in queues.worker_groups()]
+    else:
+        commands = [all_in_one()]
+    if options.json:
+        print(json.dumps([asdict(command) for command in commands], indent=2))
+    else:
+        for command in commands:
+            # "name<TAB>command": the start script splits on the tab.
+            print(f"{command.name}\t{command.shell()}")
+
+
+if __name__ == "__main__":
+    main()

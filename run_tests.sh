@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Run the whole test suite: lint, format check, then pytest with real Redis, real
+# worker processes and a real SMTP server; on SQLite, then again on PostgreSQL
+# when one answers (TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres).
+# Creates .venv and installs what the tests need when missing.
+#
+#   ./run_tests.sh                 everything
+#   ./run_tests.sh -m "not chaos"  skip the slow fault-injection tests
+#   ./run_tests.sh -k logging      any pytest arguments (SQLite pass only)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+VENV_DIR="${VENV_DIR:-.venv}"
+PYTHON_BIN="${PYTHON:-python3}"
+
+if [ ! -x "$VENV_DIR/bin/python" ]; then
+    echo "== creating $VENV_DIR"
+    "$PYTHON_BIN" -m venv "$VENV_DIR"
+fi
+stamp="$VENV_DIR/.admin_backend-test-installed"
+digest="$("$VENV_DIR/bin/python" -c 'import hashlib;print(hashlib.sha256(open("pyproject.toml","rb").read()).hexdigest())')"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    echo "== installing the project with its test dependencies"
+    "$VENV_DIR/bin/python" -m pip install --quiet --upgrade pip >var-pip.log 2>&1 || { cat var-pip.log; exit 1; }
+    "$VENV_DIR/bin/python" -m pip install --quiet -e ".[test]" >var-pip.log 2>&1 || { cat var-pip.log; exit 1; }
+    rm -f var-pip.log
+    echo "$digest" >"$stamp"
+fi
+PY="$VENV_DIR/bin/python"
+
+echo "== ruff check"
+"$PY" -m ruff check .
+echo "== ruff format --check"
+"$PY" -m ruff format --check .
+echo "== shellcheck"
+"$VENV_DIR/bin/shellcheck" start_celery.sh run_tests.sh .ci/run
+
+echo "== pytest (SQLite)"
+"$PY" -m pytest "$@"
+
+if [ $# -eq 0 ] || [ "${TEST_POSTGRES:-auto}" = "always" ]; then
+    pg_url="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+    if "$PY" -c 'import sys,psycopg;psycopg.connect(sys.argv[1].replace("postgres://","postgresql://",1),connect_timeout=3).close()' "$pg_url" 2>/dev/null; then
+        echo "== pytest (PostgreSQL)"
+        DATABASE_URL="$pg_url" TEST_DATABASE_NAME="test_admin_backend_$$" "$PY" -m pytest -m "not chaos" -p no:cacheprovider
+    elif [ "${TEST_POSTGRES:-auto}" = "always" ]; then
+        echo "PostgreSQL does not answer at TEST_POSTGRES_URL; set TEST_POSTGRES=never to skip" >&2
+        exit 1
+    else
+        echo "== PostgreSQL not reachable: PostgreSQL pass skipped (TEST_POSTGRES=always makes this an error)"
+    fi
+fi
+echo "== all tests passed"
