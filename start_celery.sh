@@ -111,6 +111,16 @@ ensure_virtualenv() {
 
 py() { "$VENV_DIR/bin/python" "$@"; }
 
+ensure_dotenv() {
+    # First run: a .env for development, with a generated SECRET_KEY (never printed).
+    [ -f .env ] && return 0
+    local key
+    key="$(py -c 'import secrets;print(secrets.token_urlsafe(50))')"
+    sed "s|^SECRET_KEY=.*|SECRET_KEY=$key|" .env.example >.env
+    chmod 600 .env
+    ok "created .env from .env.example (edit it to change the configuration)"
+}
+
 # Settings as Django sees them (environment and .env); URLs come back masked where printed.
 setting() { py -c "import django,os;os.environ.setdefault('DJANGO_SETTINGS_MODULE','admin_backend.settings');django.setup();from django.conf import settings;print(getattr(settings,'$1'))"; }
 masked() { py -c 'import sys;from taskcore.secrets import mask_url;print(mask_url(sys.argv[1]))' "$1"; }
@@ -253,6 +263,7 @@ preflight_smtp() {
 # --- main ----------------------------------------------------------------------
 main() {
     ensure_virtualenv
+    ensure_dotenv
     mkdir -p logs var
     info "logs go to $PROJECT_DIR/logs/ (celery.log, celery_tasks.log, celery_worker.log, celery_beat.log, flower.log)"
     set -m

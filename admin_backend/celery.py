@@ -42,6 +42,8 @@ def refuse_unsafe_configuration(sender=None, **kwargs):
 
     problems = critical_problems(app.conf)
     if problems:
-        from django.core.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured("Unsafe Celery configuration:\n- " + "\n- ".join(problems))
+        message = "Unsafe Celery configuration, worker not started:\n- " + "\n- ".join(problems)
+        logging.getLogger("celery.lifecycle.worker").critical(message)
+        # SystemExit, not an exception: Celery logs and swallows exceptions raised
+        # by signal receivers, and the worker would start anyway.
+        raise SystemExit(os.EX_CONFIG)

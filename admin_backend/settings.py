@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -17,10 +18,24 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def env_or(name: str, default: str) -> str:
+    """The variable's value, or ``default`` when it is unset or empty (``FOO=`` in .env)."""
+    return os.environ.get(name) or default
+
+
 # --- Django core -------------------------------------------------------------
 DEBUG = env.bool("DEBUG", default=False)
-# The fallback key is for local development only; `check --deploy` flags it.
-SECRET_KEY = env("SECRET_KEY", default="django-insecure-dev-only-change-me")
+SECRET_KEY = env_or("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY in the environment or .env "
+            "(start_celery.sh writes a .env with a generated key on its first run)"
+        )
+    SECRET_KEY = "django-insecure-development-only"  # noqa: S105 - DEBUG only
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -69,7 +84,7 @@ TEMPLATES = [
 
 # --- Database ----------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": env.db_url_config(env_or("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while workers write; IMMEDIATE avoids
     # "database is locked" upgrades from read to write transactions.
@@ -96,14 +111,14 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env("TIME_ZONE", default="UTC")
+TIME_ZONE = env_or("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env("STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT = BASE_DIR / env_or("STATIC_ROOT", str(VAR_DIR / "static"))
 MEDIA_URL = "media/"
-MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_ROOT = BASE_DIR / env_or("MEDIA_ROOT", str(VAR_DIR / "media"))
 
 # --- Security (production values follow DEBUG=False; see docs/operations.md) --
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -117,20 +132,20 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 DEFAULT_EXCEPTION_REPORTER_FILTER = "taskcore.reporting.SecretSettingsFilter"
 
 # --- Email (development default: the local aiosmtpd server of start_celery.sh) -
-EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
-EMAIL_HOST = env("EMAIL_HOST", default="127.0.0.1")
+EMAIL_BACKEND = env_or("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_or("EMAIL_HOST", "127.0.0.1")
 EMAIL_PORT = env.int("EMAIL_PORT", default=1025)
-EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
-EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+EMAIL_HOST_USER = env_or("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_or("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
-DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="AU-VLP <no-reply@localhost>")
+DEFAULT_FROM_EMAIL = env_or("DEFAULT_FROM_EMAIL", "AU-VLP <no-reply@localhost>")
 
 # --- Redis -------------------------------------------------------------------
-REDIS_HOST = env("REDIS_HOST", default="127.0.0.1")
-REDIS_PORT = env.int("REDIS_PORT", default=6379)
-REDIS_PASSWORD = env("REDIS_PASSWORD", default="")
+REDIS_HOST = env_or("REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(env_or("REDIS_PORT", "6379"))
+REDIS_PASSWORD = env_or("REDIS_PASSWORD", "")
 REDIS_TLS = env.bool("REDIS_TLS", default=False)
 
 
@@ -140,7 +155,7 @@ def _redis_url(db: int) -> str:
     return f"{scheme}://{auth}{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-REDIS_URL = env("REDIS_URL", default=_redis_url(0))
+REDIS_URL = env_or("REDIS_URL", _redis_url(0))
 
 # Connection-pool behaviour shared by the broker, the result backend and the cache.
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=30.0)
@@ -154,7 +169,7 @@ CACHES = {
         "LOCATION": env(
             "CACHE_URL", default=_redis_url(1) if "REDIS_URL" not in env else REDIS_URL
         ),
-        "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="admin_backend"),
+        "KEY_PREFIX": env_or("CACHE_KEY_PREFIX", "admin_backend"),
         "OPTIONS": {
             "socket_keepalive": True,
             "socket_timeout": REDIS_SOCKET_TIMEOUT,
@@ -167,8 +182,8 @@ CACHES = {
 }
 
 # --- Celery (read by admin_backend/celery.py with the CELERY_ namespace) ------
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
-CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
+CELERY_BROKER_URL = env_or("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_or("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
 
 # Broker connection retry (the spec's values).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -251,9 +266,10 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Logging -----------------------------------------------------------------
-LOG_DIR = Path(env("LOG_DIR", default=str(BASE_DIR / "logs")))
-CELERY_LOG_LEVEL = env("CELERY_LOG_LEVEL", default="INFO").upper()
-LOG_FORMAT = env("LOG_FORMAT", default="text")
+# Relative paths are relative to the project directory (BASE_DIR / absolute = absolute).
+LOG_DIR = BASE_DIR / env_or("LOG_DIR", "logs")
+CELERY_LOG_LEVEL = env_or("CELERY_LOG_LEVEL", "INFO").upper()
+LOG_FORMAT = env_or("LOG_FORMAT", "text")
 LOG_MAX_BYTES = env.int("LOG_MAX_BYTES", default=10 * 1024 * 1024)
 LOG_BACKUP_COUNT = env.int("LOG_BACKUP_COUNT", default=5)
 LOGGING = build_logging_config(

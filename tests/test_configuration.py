@@ -1,0 +1,104 @@
+"""Configuration from the environment: deploy checks, unsafe settings refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from admin_backend import queues
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PRODUCTION_ENV = {
+    "DEBUG": "0",
+    "SECRET_KEY": "x7" * 30 + "-production-like-key",
+    "ALLOWED_HOSTS": "admin.example.org",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "1",
+    "SECURE_HSTS_PRELOAD": "1",
+    "SECURE_SSL_REDIRECT": "1",
+}
+
+
+def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_DIR,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_deploy_passes_with_production_settings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_without_secret_key_and_debug_off_the_project_refuses_to_start():
+    env = {**PRODUCTION_ENV, "SECRET_KEY": ""}
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set and DEBUG is off" in result.stderr
+
+
+def test_a_visibility_timeout_shorter_than_a_time_limit_is_reported_by_check():
+    too_short = str(queues.longest_time_limit() - 1)
+    result = manage("check", env={"CELERY_VISIBILITY_TIMEOUT": too_short})
+    assert result.returncode != 0
+    assert "taskcore.visibility_vs_time_limit" in result.stderr
+    assert "a running task would be delivered twice" in result.stderr
+
+
+def test_a_worker_refuses_to_start_with_a_short_visibility_timeout(start_worker):
+    too_short = str(queues.longest_time_limit() - 1)
+    worker = start_worker(["default"], wait=False, env={"CELERY_VISIBILITY_TIMEOUT": too_short})
+    assert worker.process.wait(timeout=60) != 0
+    assert worker.process.returncode == os.EX_CONFIG
+    assert "Unsafe Celery configuration, worker not started" in worker.output()
+    assert f"visibility_timeout {too_short}s is not longer" in worker.output()
+
+
+def test_empty_variables_mean_the_default(tmp_path):
+    code = (
+        "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
+        "django.setup();from django.conf import settings as s;"
+        "print(s.CELERY_BROKER_URL, s.DATABASES['default']['ENGINE'], s.LOG_DIR)"
+    )
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": "",
+        "REDIS_URL": "",
+        "DATABASE_URL": "",
+        "LOG_DIR": "",
+        "REDIS_HOST": "redis.internal",
+        "REDIS_PASSWORD": "p@ss/word",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
+    )
+    broker, engine, log_dir = out.stdout.split()
+    assert broker == "redis://:p%40ss%2Fword@redis.internal:6379/0"
+    assert engine == "django.db.backends.sqlite3"
+    assert log_dir == str(PROJECT_DIR / "logs")
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme"), [("redis://h:6379/0", "redis"), ("rediss://h:6380/0", "rediss")]
+)
+def test_tls_urls_get_ssl_options(url, scheme):
+    code = (
+        "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
+        "django.setup();from django.conf import settings as s;"
+        "print(getattr(s, 'CELERY_BROKER_USE_SSL', None) is not None)"
+    )
+    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == str(scheme == "rediss")
