@@ -84,7 +84,9 @@ TEMPLATES = [
 
 # --- Database ----------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
-DATABASES = {"default": env.db_url_config(env_or("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))}
+DATABASES = {
+    "default": env.db_url_config(env_or("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while workers write; IMMEDIATE avoids
     # "database is locked" upgrades from read to write transactions.

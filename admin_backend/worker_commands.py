@@ -80,7 +80,9 @@ def for_group(group: str) -> WorkerCommand:
     specs = groups[group]
     pools = {spec.pool for spec in specs}
     if len(pools) != 1:
-        raise SystemExit(f"group {group!r} mixes pools {sorted(pools)}; fix admin_backend/queues.py")
+        raise SystemExit(
+            f"group {group!r} mixes pools {sorted(pools)}; fix admin_backend/queues.py"
+        )
     memory = [spec.max_memory_per_child_kb for spec in specs if spec.max_memory_per_child_kb]
     return WorkerCommand(
         f"worker-{group}",

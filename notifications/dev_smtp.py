@@ -43,7 +43,9 @@ def main() -> None:
     options = parser.parse_args()
     controller = Controller(EmlWriter(options.dir), hostname=options.host, port=options.port)
     controller.start()
-    print(f"dev SMTP server on {options.host}:{options.port}, mail kept in {options.dir}/", flush=True)
+    print(
+        f"dev SMTP server on {options.host}:{options.port}, mail kept in {options.dir}/", flush=True
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
