@@ -94,14 +94,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
     )
     # Workers are separate processes, so the test database must be a file.
+    # One file per test process, so parallel runs in one checkout do not collide.
     DATABASES["default"]["TEST"] = {
-        "NAME": env("TEST_DATABASE_NAME", default=str(VAR_DIR / "test-db.sqlite3"))
+        "NAME": env_or("TEST_DATABASE_NAME", str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    if env("TEST_DATABASE_NAME", default=None):
-        DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME")}
+    if os.environ.get("TEST_DATABASE_NAME"):
+        DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
