@@ -1,6 +1,11 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Health endpoints and metrics (taskcore), downloads (reports), media and email views.
+    path("", include("taskcore.urls")),
+    path("reports/", include("reports.urls")),
+    path("media-files/", include("media.urls")),
+    path("notifications/", include("notifications.urls")),
 ]

@@ -1,0 +1,3 @@
+"""URLs of the media app (mounted by admin_backend/urls.py)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""URLs of the reports app (mounted by admin_backend/urls.py)."""
+
+urlpatterns: list = []
