@@ -10,7 +10,8 @@ the settings module both read it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 
 from kombu import Exchange, Queue
 
@@ -104,6 +105,31 @@ QUEUES: tuple[QueueSpec, ...] = (
         concurrency=1,
     ),
 )
+
+
+def _apply_time_limit_cap(specs: tuple[QueueSpec, ...]) -> tuple[QueueSpec, ...]:
+    """``CELERY_TIME_LIMIT_CAP`` (seconds) caps every time limit and retry delay.
+
+    For deployments without long work (and the chaos tests): with every limit
+    capped, a short visibility timeout becomes safe, so a dead worker's tasks
+    come back in seconds instead of an hour.
+    """
+    cap = os.environ.get("CELERY_TIME_LIMIT_CAP")
+    if not cap:
+        return specs
+    seconds = int(cap)
+    return tuple(
+        replace(
+            spec,
+            soft_time_limit=min(spec.soft_time_limit, max(1, seconds - 1)),
+            time_limit=min(spec.time_limit, seconds),
+            retry_backoff_cap=min(spec.retry_backoff_cap, seconds),
+        )
+        for spec in specs
+    )
+
+
+QUEUES = _apply_time_limit_cap(QUEUES)
 
 DEFAULT_QUEUE = "default"
 QUEUES_BY_NAME: dict[str, QueueSpec] = {spec.name: spec for spec in QUEUES}

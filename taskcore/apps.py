@@ -7,4 +7,4 @@ class TaskcoreConfig(AppConfig):
 
     def ready(self):
         # Signal handlers and system checks register themselves on import.
-        from . import checks, lifecycle, publishing  # noqa: F401
+        from . import checks, deadletters, lifecycle, publishing  # noqa: F401

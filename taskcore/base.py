@@ -8,6 +8,7 @@ retrying a validation error only delays the same failure.
 
 from __future__ import annotations
 
+import os
 import random
 import smtplib
 import socket
@@ -28,6 +29,16 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """Raise from a service when trying again can never succeed (bad input, corrupt file)."""
+
+
+class RedeliveredTooOften(PermanentError):
+    """The message came back after its worker died, more times than allowed."""
+
+
+# Deliveries of one message whose worker died (task_reject_on_worker_lost
+# requeues it) before it goes to dead letters instead of running again.
+MAX_DELIVERIES = int(os.environ.get("CELERY_MAX_DELIVERIES", "3"))
+DELIVERY_COUNT_TTL = 24 * 3600
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -88,6 +99,8 @@ class BaseTask(Task):
 
     def __call__(self, *args, **kwargs):
         try:
+            if not self.request.called_directly:
+                self._refuse_endless_redelivery()
             return super().__call__(*args, **kwargs)
         except Exception as exc:
             if not is_transient(exc) or self.request.called_directly:
@@ -98,3 +111,24 @@ class BaseTask(Task):
             )
             # retry() raises Retry, or re-raises exc once max_retries is reached.
             raise self.retry(exc=exc, countdown=countdown) from exc
+
+    def _refuse_endless_redelivery(self) -> None:
+        """Count deliveries of redelivered messages; past MAX_DELIVERIES, fail for good.
+
+        Only a message that came back (kombu marks it ``redelivered``) is counted,
+        so the normal path costs nothing. The count lives in the cache (Redis)
+        because the worker that saw the earlier deliveries is dead.
+        """
+        delivery = self.request.delivery_info or {}
+        if not delivery.get("redelivered"):
+            return
+        from django.core.cache import cache
+
+        key = f"taskcore:deliveries:{self.request.id}"
+        cache.add(key, 1, timeout=DELIVERY_COUNT_TTL)  # the first delivery was not counted
+        deliveries = cache.incr(key)
+        if deliveries > MAX_DELIVERIES:
+            raise RedeliveredTooOften(
+                f"delivered {deliveries} times and its worker died each time "
+                f"(limit {MAX_DELIVERIES}); not running it again"
+            )

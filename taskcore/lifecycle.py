@@ -40,6 +40,7 @@ def _ids(task=None, request=None, task_id=None):
 
 @signals.worker_ready.connect
 def on_worker_ready(sender=None, **kwargs):
+    _relay_outbox_in_background()
     consumer = sender
     queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer else []
     worker_log.info(
@@ -48,6 +49,27 @@ def on_worker_ready(sender=None, **kwargs):
         os.getpid(),
         ",".join(queues),
     )
+
+
+def _relay_outbox_in_background() -> None:
+    """A worker that starts may follow a broker outage: publish what waited meanwhile."""
+    import threading
+
+    def relay():
+        from django.db import connection
+
+        from taskcore import outbox
+
+        try:
+            counts = outbox.relay()
+            if counts["published"] or counts["failed"]:
+                worker_log.info("outbox relay at start-up: %s", counts)
+        except Exception:
+            worker_log.exception("outbox relay at start-up failed")
+        finally:
+            connection.close()
+
+    threading.Thread(target=relay, name="outbox-relay", daemon=True).start()
 
 
 @signals.worker_shutting_down.connect

@@ -45,3 +45,11 @@ def debug_task(self, message: str = "debug", sleep: float = 0.0) -> dict:
     }
     logger.info("debug_task ran: %s", result)
     return result
+
+
+@shared_task(name="taskcore.tasks.relay_outbox")
+def relay_outbox() -> dict:
+    """Publish outbox rows whose publish after commit failed (beat runs this often)."""
+    from taskcore import outbox
+
+    return outbox.relay()

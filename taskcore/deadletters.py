@@ -1,0 +1,226 @@
+"""Dead letters: every task that fails for good is kept, and can be replayed.
+
+Recorded from Celery's ``task_failure`` signal in the worker process that ran
+the task, so whatever the cause (a permanent error, retries exhausted, a time
+limit, a message whose worker died on every delivery) the same path keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import signals
+from django.db import transaction
+from django.utils import timezone
+
+from admin_backend.queues import queue_for_task
+
+from .secrets import MASK, mask_text
+
+logger = logging.getLogger("celery.lifecycle.task")
+
+SENSITIVE_ARGUMENT_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
+
+
+class ReplayError(Exception):
+    """A dead letter that cannot be replayed; the message says why."""
+
+
+def mask_arguments(value):
+    """Return (masked value, whether anything was masked).
+
+    Values under sensitive keys are replaced, and passwords inside URLs masked.
+    """
+    if isinstance(value, dict):
+        masked_any = False
+        result = {}
+        for key, item in value.items():
+            if any(word in str(key).lower() for word in SENSITIVE_ARGUMENT_WORDS):
+                result[key], masked_any = MASK, True
+            else:
+                result[key], changed = mask_arguments(item)
+                masked_any = masked_any or changed
+        return result, masked_any
+    if isinstance(value, list | tuple):
+        items = [mask_arguments(item) for item in value]
+        return [item for item, _ in items], any(changed for _, changed in items)
+    if isinstance(value, str):
+        masked = mask_text(value)
+        return masked, masked != value
+    return value, False
+
+
+def _jsonable(value):
+    """Arguments arrive JSON-decoded; anything else (a bad producer) is stored as text."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+def classify_failure(exception: BaseException, *, retries: int, max_retries: int | None) -> str:
+    from .base import RedeliveredTooOften, is_transient
+    from .models import DeadLetter
+
+    if isinstance(exception, RedeliveredTooOften):
+        return DeadLetter.Reason.REDELIVERED_TOO_OFTEN
+    if isinstance(exception, TimeLimitExceeded | SoftTimeLimitExceeded):
+        return DeadLetter.Reason.TIME_LIMIT
+    if is_transient(exception):
+        return DeadLetter.Reason.RETRIES_EXHAUSTED
+    return DeadLetter.Reason.PERMANENT_ERROR
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    task_id: str
+    task_name: str
+    queue: str
+    args: list
+    kwargs: dict
+    exception: BaseException
+    traceback: str
+    retries: int
+    max_retries: int | None
+    hostname: str
+
+
+def record_dead_letter(failed: FailedTask):
+    from .models import DeadLetter
+
+    args, args_masked = mask_arguments(_jsonable(list(failed.args or [])))
+    kwargs, kwargs_masked = mask_arguments(_jsonable(dict(failed.kwargs or {})))
+    values = {
+        "task_name": failed.task_name,
+        "queue": failed.queue,
+        "args": args,
+        "kwargs": kwargs,
+        "arguments_masked": args_masked or kwargs_masked,
+        "reason": classify_failure(
+            failed.exception, retries=failed.retries, max_retries=failed.max_retries
+        ),
+        "exception_type": type(failed.exception).__name__,
+        "exception_message": mask_text(str(failed.exception))[:10_000],
+        "traceback": mask_text(failed.traceback or "")[:50_000],
+        "attempts": failed.retries + 1,
+        "hostname": failed.hostname or "",
+    }
+    with transaction.atomic():
+        letter, created = DeadLetter.objects.select_for_update().get_or_create(
+            task_id=failed.task_id, defaults=values
+        )
+        if not created:  # the same task failed again (e.g. redelivered after a crash)
+            for field, value in values.items():
+                setattr(letter, field, value)
+            letter.save()
+    return letter
+
+
+@signals.task_failure.connect
+def keep_failed_task(
+    sender=None, task_id=None, exception=None, args=None, kwargs=None, einfo=None, **extra
+):
+    task = sender
+    request = getattr(task, "request", None)
+    delivery = getattr(request, "delivery_info", None) or {}
+    failed = FailedTask(
+        task_id=task_id,
+        task_name=getattr(task, "name", "?"),
+        # A hard time limit is reported by the main process, where the task has no
+        # delivery info: fall back to the queue the task is routed to.
+        queue=delivery.get("routing_key") or queue_for_task(getattr(task, "name", "")),
+        args=args or [],
+        kwargs=kwargs or {},
+        exception=exception,
+        traceback=str(einfo.traceback) if einfo else "",
+        retries=getattr(request, "retries", 0) or 0,
+        max_retries=getattr(task, "max_retries", None),
+        hostname=getattr(request, "hostname", "") or "",
+    )
+    try:
+        record_dead_letter(failed)
+    except Exception:
+        # The database is away: the log line below still holds everything needed.
+        logger.critical(
+            "could not store dead letter for %s[%s] args=%r kwargs=%r",
+            failed.task_name,
+            failed.task_id,
+            mask_arguments(_jsonable(failed.args))[0],
+            mask_arguments(_jsonable(failed.kwargs))[0],
+            exc_info=True,
+        )
+
+
+# --- replay ------------------------------------------------------------------
+
+
+def replay(letter, app=None) -> str:
+    """Send the dead letter's task again with its original routing; return the new task id.
+
+    Raises ReplayError naming the problem; the record is marked only after the
+    broker accepted the message, so a failed replay loses nothing.
+    """
+    from admin_backend.celery import app as default_app
+
+    app = app or default_app
+    if letter.arguments_masked:
+        raise ReplayError(
+            f"dead letter {letter.pk}: its arguments held secrets that were masked; "
+            "send the task again from the application instead"
+        )
+    if letter.task_name not in app.tasks:
+        raise ReplayError(f"dead letter {letter.pk}: unknown task {letter.task_name!r}")
+    if not isinstance(letter.args, list) or not isinstance(letter.kwargs, dict):
+        raise ReplayError(
+            f"dead letter {letter.pk}: stored arguments are malformed "
+            f"(args must be a list, kwargs an object; got {type(letter.args).__name__}, "
+            f"{type(letter.kwargs).__name__})"
+        )
+    options = {"queue": letter.queue} if letter.queue else {}
+    try:
+        result = app.send_task(
+            letter.task_name,
+            args=letter.args,
+            kwargs=letter.kwargs,
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0,
+                "interval_step": 0.5,
+                "interval_max": 1,
+            },
+            **options,
+        )
+    except Exception as exc:
+        raise ReplayError(
+            f"dead letter {letter.pk}: the broker did not accept the message "
+            f"({type(exc).__name__}: {mask_text(str(exc))}); nothing was changed, try again"
+        ) from exc
+    type(letter).objects.filter(pk=letter.pk).update(
+        replayed_at=timezone.now(),
+        replayed_task_id=result.id,
+        replay_count=letter.replay_count + 1,
+    )
+    return result.id
+
+
+@dataclass
+class ReplayOutcome:
+    replayed: list[tuple[int, str]]
+    failed: list[tuple[int, str]]
+
+
+def replay_many(letters: Iterable, app=None) -> ReplayOutcome:
+    outcome = ReplayOutcome([], [])
+    for letter in letters:
+        try:
+            outcome.replayed.append((letter.pk, replay(letter, app)))
+        except ReplayError as exc:
+            outcome.failed.append((letter.pk, str(exc)))
+    return outcome

@@ -1,0 +1,166 @@
+"""The transactional outbox: the project's way to send a task from application code.
+
+``send_after_commit(task, args, kwargs, **options)`` writes the task into the
+database inside the caller's transaction. After the commit it is published at
+once; if the broker is unreachable, the row waits and the relay
+(``relay_outbox``: a beat task, a worker start-up hook and ``manage.py outbox
+relay``) publishes it when Redis is back. A rolled-back transaction sends
+nothing; a committed one is never lost.
+
+Each row is published by whoever claims it first (an atomic UPDATE with a
+lease), with the row's id as the task id. If a publisher dies between publish
+and marking the row, the lease expires and the row is published again under the
+same task id: at least once, which the effects' idempotency absorbs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .secrets import mask_text
+
+logger = logging.getLogger("taskcore.outbox")
+
+CLAIM_LEASE = timedelta(seconds=60)
+RELAY_BATCH = 500
+# After a failed publish, leave new rows to the relay for this long instead of
+# making every request wait on a broker that is known to be down.
+BROKER_DOWN_BACKOFF = 5.0
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+_broker_down_until = 0.0
+_state_lock = threading.Lock()
+
+
+def _task_name(task) -> str:
+    return task if isinstance(task, str) else task.name
+
+
+def send_after_commit(task, args=None, kwargs=None, **options):
+    """Record a task in the current transaction; publish it after commit.
+
+    ``task`` is a task object or its name; ``options`` are apply_async options
+    that survive JSON (queue, countdown, priority, expires as seconds).
+    Returns the OutboxMessage; its id is the task id.
+    """
+    from .base import _reject_model_instances
+    from .models import OutboxMessage
+
+    args, kwargs = list(args or ()), dict(kwargs or {})
+    _reject_model_instances(args)
+    _reject_model_instances(kwargs.values())
+    message = OutboxMessage.objects.create(
+        task_name=_task_name(task), args=args, kwargs=kwargs, options=options
+    )
+    transaction.on_commit(lambda: publish_pending([message.pk]))
+    return message
+
+
+def _broker_known_down() -> bool:
+    return time.monotonic() < _broker_down_until
+
+
+def _note_broker_down() -> None:
+    global _broker_down_until
+    with _state_lock:
+        _broker_down_until = time.monotonic() + BROKER_DOWN_BACKOFF
+
+
+def _claim(pk) -> bool:
+    from .models import OutboxMessage
+
+    now = timezone.now()
+    claimed = OutboxMessage.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), pk=pk, published_at__isnull=True
+    ).update(claimed_until=now + CLAIM_LEASE)
+    return claimed == 1
+
+
+def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
+    """Publish unpublished rows (the given ones, or the oldest RELAY_BATCH).
+
+    Returns counts: published, failed, skipped (claimed by someone else).
+    """
+    from admin_backend.celery import app as default_app
+
+    from .models import OutboxMessage
+
+    app = app or default_app
+    counts = {"published": 0, "failed": 0, "skipped": 0}
+    if not force and _broker_known_down():
+        counts["skipped"] = len(pks) if pks else 0
+        return counts
+    pending = OutboxMessage.objects.filter(published_at__isnull=True)
+    if pks is not None:
+        pending = pending.filter(pk__in=pks)
+    rows = list(pending.order_by("created_at")[:RELAY_BATCH])
+    if not rows:
+        return counts
+    try:
+        # One connection and producer for the whole batch: publishing is the cost.
+        with app.producer_or_acquire() as producer:
+            for row in rows:
+                if not _claim(row.pk):
+                    counts["skipped"] += 1
+                    continue
+                try:
+                    app.send_task(
+                        row.task_name,
+                        args=row.args,
+                        kwargs=row.kwargs,
+                        task_id=str(row.pk),
+                        producer=producer,
+                        retry=True,
+                        retry_policy=PUBLISH_RETRY_POLICY,
+                        **row.options,
+                    )
+                except Exception as exc:
+                    OutboxMessage.objects.filter(pk=row.pk).update(
+                        claimed_until=None,
+                        attempts=row.attempts + 1,
+                        last_error=mask_text(f"{type(exc).__name__}: {exc}")[:2000],
+                    )
+                    counts["failed"] += 1
+                    raise
+                OutboxMessage.objects.filter(pk=row.pk).update(
+                    published_at=timezone.now(), claimed_until=None, attempts=row.attempts + 1
+                )
+                counts["published"] += 1
+    except Exception as exc:
+        _note_broker_down()
+        logger.warning(
+            "outbox: broker unreachable, %d message(s) wait for the relay: %s",
+            len(rows) - counts["published"],
+            mask_text(f"{type(exc).__name__}: {exc}"),
+        )
+    return counts
+
+
+def relay(max_batches: int = 100, *, app=None) -> dict:
+    """Publish every pending row, batch after batch (the relay's job)."""
+    total = {"published": 0, "failed": 0, "skipped": 0}
+    for _ in range(max_batches):
+        counts = publish_pending(app=app, force=True)
+        for key, value in counts.items():
+            total[key] += value
+        if counts["published"] == 0:
+            break
+    return total
+
+
+def backlog() -> int:
+    from .models import OutboxMessage
+
+    return OutboxMessage.objects.filter(published_at__isnull=True).count()
