@@ -177,13 +177,20 @@ class QueueTableAnnotations:
         if not task.name or task.name.startswith("celery."):
             return {}
         spec = spec_for_task(task.name)
-        values: dict[str, object] = {
+        queue_values: dict[str, object] = {
             "soft_time_limit": spec.soft_time_limit,
             "time_limit": spec.time_limit,
             "max_retries": spec.max_retries,
+            "rate_limit": spec.rate_limit,
         }
-        if spec.rate_limit:
-            values["rate_limit"] = spec.rate_limit
+        # A task's own decorator options (stored on its generated class) win over the queue's.
+        # Celery passes the task class here (Task.annotate is a classmethod).
+        own = vars(task if isinstance(task, type) else type(task))
+        values = {
+            key: value
+            for key, value in queue_values.items()
+            if value is not None and key not in own
+        }
         values.update(spec.task_overrides.get(task.name, {}))
         return values
 

@@ -219,7 +219,17 @@ _redis_transport_options = {
     "unacked_restore_throttle": 1,
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = _redis_transport_options
-CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # Reconnect to the result backend for ~2 s, not Celery's ~20 s, before
+    # giving up: a web request must not hang on a Redis that is away.
+    "retry_policy": {
+        "max_retries": 3,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    },
+}
 CELERY_REDIS_SOCKET_KEEPALIVE = True
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT
@@ -264,6 +274,9 @@ CELERY_TASK_DEFAULT_ROUTING_KEY = queues.DEFAULT_QUEUE
 CELERY_TASK_CREATE_MISSING_QUEUES = False
 CELERY_TASK_ROUTES = (queues.route_task,)
 CELERY_TASK_ANNOTATIONS = (queues.QueueTableAnnotations(),)
+
+# Extra task modules beyond each app's tasks.py (the tests add taskcore.testing.tasks).
+CELERY_IMPORTS = tuple(env.list("CELERY_EXTRA_TASK_MODULES", default=[]))
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE

@@ -68,7 +68,9 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
-def backoff_delay(retries: int, *, base: int, cap: int, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    retries: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**retries)].
 
     Full jitter spreads a burst of failures over the whole window, so a broker or
@@ -91,6 +93,9 @@ class BaseTask(Task):
     """Retry transient errors with backoff; fail permanent ones at once."""
 
     abstract = True
+    # Per-task overrides of the queue table's backoff (seconds); None: the queue's.
+    backoff_base: float | None = None
+    backoff_cap: float | None = None
 
     def apply_async(self, args=None, kwargs=None, **options):
         _reject_model_instances(args or ())
@@ -107,7 +112,11 @@ class BaseTask(Task):
                 raise
             spec = queues.spec_for_task(self.name)
             countdown = backoff_delay(
-                self.request.retries, base=spec.retry_backoff_base, cap=spec.retry_backoff_cap
+                self.request.retries,
+                base=self.backoff_base
+                if self.backoff_base is not None
+                else spec.retry_backoff_base,
+                cap=self.backoff_cap if self.backoff_cap is not None else spec.retry_backoff_cap,
             )
             # retry() raises Retry, or re-raises exc once max_retries is reached.
             raise self.retry(exc=exc, countdown=countdown) from exc

@@ -116,16 +116,7 @@ def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
                     counts["skipped"] += 1
                     continue
                 try:
-                    app.send_task(
-                        row.task_name,
-                        args=row.args,
-                        kwargs=row.kwargs,
-                        task_id=str(row.pk),
-                        producer=producer,
-                        retry=True,
-                        retry_policy=PUBLISH_RETRY_POLICY,
-                        **row.options,
-                    )
+                    _publish(app, producer, row)
                 except Exception as exc:
                     OutboxMessage.objects.filter(pk=row.pk).update(
                         claimed_until=None,
@@ -146,6 +137,38 @@ def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
             mask_text(f"{type(exc).__name__}: {exc}"),
         )
     return counts
+
+
+ROUTING_OPTIONS = ("queue", "priority")
+
+
+def _publish(app, producer, row) -> None:
+    """Publish one row as a task message, with the row's id as the task id.
+
+    Lower level than ``send_task`` on purpose: ``send_task`` also subscribes
+    this process to the task's result in the result backend, which blocks for
+    many seconds when Redis is away, and a publisher does not wait for results.
+    """
+    options = dict(row.options or {})
+    route = app.amqp.router.route(
+        {key: options[key] for key in ROUTING_OPTIONS if key in options},
+        row.task_name,
+        row.args,
+        row.kwargs,
+        app.tasks.get(row.task_name),
+    )
+    message = app.amqp.create_task_message(
+        str(row.pk),
+        row.task_name,
+        row.args,
+        row.kwargs,
+        countdown=options.get("countdown"),
+        expires=options.get("expires"),
+        create_sent_event=app.conf.task_send_sent_event,
+    )
+    app.amqp.send_task_message(
+        producer, row.task_name, message, retry=True, retry_policy=PUBLISH_RETRY_POLICY, **route
+    )
 
 
 def relay(max_batches: int = 100, *, app=None) -> dict:

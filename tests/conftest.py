@@ -60,9 +60,10 @@ def start_worker(app, worker_database_url, test_work_dir, request):
     """
     started: list[WorkerProcess] = []
 
-    def start(queues, *, wait=True, env=None, **options) -> WorkerProcess:
+    def start(queues, *, wait=True, env=None, client_app=None, **options) -> WorkerProcess:
+        # client_app: an app on the worker's broker, when the test gives it another one.
         worker = WorkerProcess(
-            app,
+            client_app or app,
             queues,
             log_path=test_work_dir / "workers" / f"{request.node.name}-{len(started)}.out",
             env={"DATABASE_URL": worker_database_url, **(env or {})},

@@ -78,6 +78,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
             "MEDIA_ROOT": str(work_dir / "media"),
             "ADMIN_BACKEND_TEST_WORK_DIR": str(work_dir),
             "DEBUG": "0",
+            "CELERY_EXTRA_TASK_MODULES": "taskcore.testing.tasks",
             "SECURE_SSL_REDIRECT": "0",
         }
     )

@@ -1,0 +1,866 @@
+"""The health checks. Each takes the run's HealthContext and returns one or more results.
+
+Every surface (``manage.py celery_health``, the HTTP endpoints, /metrics, the
+admin dashboard) runs these through ``taskcore.health.runner.run_health``: one
+code path, one set of thresholds (those of ``admin_backend/queues.py`` and
+``taskcore.health.conf``).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from admin_backend.queues import QUEUES
+from taskcore.secrets import mask_url
+
+from . import conf
+from .connections import backend_redis, backend_url, broker_url, is_redis_url
+from .context import HealthContext
+from .model import CheckResult, Status, critical, ok, warning
+
+START_WORKERS = (
+    "start the workers (./start_celery.sh; `python -m admin_backend.worker_commands` "
+    "prints each worker's command line)"
+)
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024
+    return f"{count:.1f}GiB"
+
+
+# --- connectivity --------------------------------------------------------------
+def check_broker(ctx: HealthContext) -> CheckResult:
+    url = mask_url(broker_url(ctx.app))
+    try:
+        rtt = ctx.broker_ping_ms()
+        version = ctx.redis_info().get("redis_version", "?")
+    except Exception as exc:
+        return critical(
+            "broker",
+            f"Redis broker at {url} does not answer: {exc}",
+            "start Redis or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT / REDIS_PASSWORD; "
+            "check the Redis log and the network between this host and Redis",
+        )
+    return ok(
+        "broker",
+        f"Redis {version} at {url} answers in {rtt:.1f} ms",
+        latency_ms=round(rtt, 3),
+        data={"url": url, "version": version, "rtt_ms": round(rtt, 3)},
+    )
+
+
+def check_result_backend(ctx: HealthContext) -> CheckResult:
+    url = backend_url(ctx.app)
+    shown = mask_url(url)
+    if not url:
+        return warning(
+            "result_backend",
+            "no result backend configured: task results and --test-tasks are unavailable",
+            "set CELERY_RESULT_BACKEND",
+        )
+    if not is_redis_url(url):
+        return ok("result_backend", f"result backend {shown} (not probed: not Redis)")
+    try:
+        client = backend_redis(ctx.app, ctx.timeout)
+        started = time.perf_counter()
+        client.ping()
+        rtt = ms(time.perf_counter() - started)
+    except Exception as exc:
+        return critical(
+            "result_backend",
+            f"result backend at {shown} does not answer: {exc}",
+            "start Redis or fix CELERY_RESULT_BACKEND; callers waiting on results will hang",
+        )
+    return ok(
+        "result_backend",
+        f"result backend at {shown} answers in {rtt:.1f} ms",
+        latency_ms=rtt,
+        data={"url": shown, "rtt_ms": rtt},
+    )
+
+
+def check_database(ctx: HealthContext) -> CheckResult:
+    from django.db import connection
+
+    started = time.perf_counter()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return critical(
+            "database",
+            f"database ({connection.vendor}) does not answer: {type(exc).__name__}: {exc}",
+            "check DATABASE_URL and that the database server runs and accepts connections",
+        )
+    rtt = ms(time.perf_counter() - started)
+    return ok(
+        "database",
+        f"{connection.vendor} answers SELECT 1 in {rtt:.1f} ms",
+        latency_ms=rtt,
+        data={"vendor": connection.vendor},
+    )
+
+
+def check_cache(ctx: HealthContext) -> CheckResult:
+    from django.core.cache import cache
+
+    key, value = f"health:{uuid.uuid4().hex}", uuid.uuid4().hex
+    started = time.perf_counter()
+    try:
+        cache.set(key, value, timeout=30)
+        read_back = cache.get(key)
+        cache.delete(key)
+    except Exception as exc:
+        return critical(
+            "cache",
+            f"cache does not answer: {type(exc).__name__}: {exc}",
+            "check CACHE_URL / REDIS_URL and that its Redis runs",
+        )
+    rtt = ms(time.perf_counter() - started)
+    if read_back != value:
+        return critical(
+            "cache",
+            "cache returned a different value than was written (evicted at once?)",
+            "check the cache Redis: maxmemory and maxmemory-policy",
+            latency_ms=rtt,
+        )
+    return ok("cache", f"set/get/delete in {rtt:.1f} ms", latency_ms=rtt)
+
+
+# --- workers and queues --------------------------------------------------------
+def check_workers(ctx: HealthContext) -> CheckResult:
+    try:
+        census = ctx.census()
+    except Exception as exc:
+        return critical("workers", f"cannot ask the workers: {exc}", START_WORKERS)
+    latency = round(census.elapsed_ms, 3)
+    try:
+        unacked = ctx.queues().unacked
+    except Exception:
+        unacked = None
+    data = {
+        "workers": {worker: queues for worker, queues in sorted(census.queues_by_worker.items())},
+        "count": len(census.workers),
+        "control_listeners": census.listeners,
+        "unacked": unacked,
+    }
+    if not census.workers:
+        return critical(
+            "workers",
+            f"no worker answers (asked for {ctx.broadcast_timeout:.1f}s)",
+            START_WORKERS,
+            latency_ms=latency,
+            data=data,
+        )
+    listing = "; ".join(
+        f"{worker} ({', '.join(queues) or 'no queues'})"
+        for worker, queues in sorted(census.queues_by_worker.items())
+    )
+    in_flight = f"; {unacked} messages in flight (taken, not yet acknowledged)" if unacked else ""
+    if census.silent:
+        return warning(
+            "workers",
+            f"{len(census.workers)} workers answer, {census.silent} more listen but did not "
+            f"answer within {ctx.broadcast_timeout:.1f}s: {listing}{in_flight}",
+            "a worker that does not answer is stuck, dead with its connection half-open, "
+            "or a solo pool busy with a task: check `celery -A admin_backend inspect ping` "
+            "and logs/celery_worker.log",
+            latency_ms=latency,
+            data=data,
+        )
+    return ok(
+        "workers",
+        f"{len(census.workers)} workers answer: {listing}{in_flight}",
+        latency_ms=latency,
+        data=data,
+    )
+
+
+def _queue_result(spec, depth, consumers: list[str] | None, latency: float) -> CheckResult:
+    name = f"queue.{spec.name}"
+    age = depth.oldest_age
+    data = {
+        **depth.as_dict(),
+        "consumers": None if consumers is None else len(consumers),
+        "consumer_workers": consumers,
+        "thresholds": {
+            "depth_warning": spec.depth_warning,
+            "depth_critical": spec.depth_critical,
+            "age_warning_s": spec.age_warning,
+            "age_critical_s": spec.age_critical,
+        },
+    }
+    waiting = f"{depth.depth} waiting"
+    if depth.depth:
+        waiting += f", oldest {human_age(age)}" if age is not None else ", age unknown"
+    if len(depth.by_priority) > 1 or any(step for step in depth.by_priority):
+        waiting += (
+            " (by priority: "
+            + ", ".join(f"{step}: {count}" for step, count in sorted(depth.by_priority.items()))
+            + ")"
+        )
+    who = "consumers unknown" if consumers is None else f"{len(consumers)} consumers"
+    detail = f"{waiting}; {who}"
+    start_one = (
+        f"start a worker consuming {spec.name} "
+        f"(celery -A admin_backend worker -Q {spec.name}; see `python -m "
+        "admin_backend.worker_commands --groups`)"
+    )
+
+    # (status, problem, remedy), worst first when reported.
+    findings: list[tuple[Status, str, str]] = []
+    if consumers is not None and not consumers:
+        if depth.depth:
+            findings.append(
+                (
+                    Status.CRITICAL,
+                    f"{depth.depth} messages wait in queue {spec.name} and no worker consumes "
+                    f"{spec.name}",
+                    start_one,
+                )
+            )
+        else:
+            findings.append(
+                (
+                    Status.WARNING,
+                    f"no worker consumes {spec.name}: tasks sent there will wait",
+                    start_one,
+                )
+            )
+    backlog_remedy = (
+        f"{spec.name} is falling behind: add workers or concurrency for it, look for slow or "
+        "stuck tasks (celery_monitor, logs/celery_tasks.log), or a flood of new tasks"
+    )
+    if depth.depth >= spec.depth_warning:
+        level = Status.CRITICAL if depth.depth >= spec.depth_critical else Status.WARNING
+        limit = spec.depth_critical if level is Status.CRITICAL else spec.depth_warning
+        findings.append((level, f"depth {depth.depth} over {limit}", backlog_remedy))
+    if age is not None and age >= spec.age_warning:
+        level = Status.CRITICAL if age >= spec.age_critical else Status.WARNING
+        limit = spec.age_critical if level is Status.CRITICAL else spec.age_warning
+        findings.append(
+            (level, f"oldest message {human_age(age)} old (limit {limit}s)", backlog_remedy)
+        )
+    if findings:
+        findings.sort(key=lambda finding: -finding[0].severity)
+        status = findings[0][0]
+        problems = "; ".join(problem for _, problem, _ in findings)
+        return CheckResult(
+            name,
+            status,
+            f"{problems} ({detail})",
+            findings[0][2],
+            latency_ms=latency,
+            data=data,
+        )
+    return ok(name, detail, latency_ms=latency, data=data)
+
+
+def check_queues(ctx: HealthContext) -> list[CheckResult]:
+    started = time.perf_counter()
+    try:
+        snapshot = ctx.queues()
+    except Exception as exc:
+        return [
+            critical(
+                f"queue.{spec.name}",
+                f"cannot read the queue: {exc}",
+                "fix the broker connection first (check broker)",
+            )
+            for spec in QUEUES
+        ]
+    latency = ms(time.perf_counter() - started)
+    try:
+        consumers = ctx.census().consumers
+    except Exception:
+        consumers = None
+    return [
+        _queue_result(
+            spec,
+            snapshot.queues[spec.name],
+            None if consumers is None else consumers.get(spec.name, []),
+            latency,
+        )
+        for spec in QUEUES
+    ]
+
+
+# --- Redis ---------------------------------------------------------------------
+def check_eviction_policy(ctx: HealthContext) -> CheckResult:
+    info = ctx.redis_info()
+    policy = info.get("maxmemory_policy", "?")
+    data = {"maxmemory_policy": policy}
+    if policy != "noeviction":
+        return critical(
+            "redis.eviction",
+            f"maxmemory-policy is {policy}: under memory pressure Redis may evict queue keys, "
+            "losing tasks without a trace",
+            "set `maxmemory-policy noeviction` in redis.conf (now: CONFIG SET maxmemory-policy "
+            "noeviction) and keep the cache in a Redis of its own if it needs eviction",
+            data=data,
+        )
+    return ok("redis.eviction", "maxmemory-policy noeviction", data=data)
+
+
+def check_persistence(ctx: HealthContext) -> CheckResult:
+    info = ctx.redis_info()
+    aof = bool(int(info.get("aof_enabled", 0)))
+    save = ctx.redis_config("save")
+    rdb = bool(save) if save is not None else None
+    data = {
+        "aof_enabled": aof,
+        "rdb_save": save,
+        "aof_last_write_status": info.get("aof_last_write_status"),
+        "rdb_last_bgsave_status": info.get("rdb_last_bgsave_status"),
+        "rdb_changes_since_last_save": info.get("rdb_changes_since_last_save"),
+    }
+    remedy = (
+        "set `appendonly yes` and `appendfsync everysec` in redis.conf "
+        "(now: CONFIG SET appendonly yes; CONFIG REWRITE)"
+    )
+    if aof and info.get("aof_last_write_status", "ok") != "ok":
+        return critical(
+            "redis.persistence",
+            f"AOF is on but its last write failed ({info.get('aof_last_write_status')})",
+            "check the Redis log and free disk space on the Redis host",
+            data=data,
+        )
+    if not aof:
+        if rdb is False:
+            detail = "no persistence (AOF off, no RDB snapshots): a Redis restart loses every "
+            detail += "queued message"
+        elif rdb:
+            detail = (
+                f"AOF off (RDB snapshots only: save {save}): a Redis restart loses the "
+                "messages queued since the last snapshot"
+            )
+        else:
+            detail = "AOF off: a Redis restart loses queued messages"
+        return warning("redis.persistence", detail, remedy, data=data)
+    if info.get("rdb_last_bgsave_status", "ok") != "ok":
+        return warning(
+            "redis.persistence",
+            "AOF on, but the last RDB snapshot failed",
+            "check the Redis log and free disk space on the Redis host",
+            data=data,
+        )
+    return ok("redis.persistence", "AOF on" + (f", RDB save {save}" if save else ""), data=data)
+
+
+def check_redis_memory(ctx: HealthContext) -> CheckResult:
+    info = ctx.redis_info()
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    data = {
+        "used_memory": used,
+        "maxmemory": limit,
+        "used_memory_peak": int(info.get("used_memory_peak", 0)),
+    }
+    if not limit:
+        return ok(
+            "redis.memory",
+            f"{human_bytes(used)} used, no maxmemory limit (bounded by the host's memory)",
+            data=data,
+        )
+    percent = 100 * used / limit
+    data["percent"] = round(percent, 1)
+    detail = f"{human_bytes(used)} of {human_bytes(limit)} used ({percent:.0f}%)"
+    remedy = (
+        "raise maxmemory, drain the queues (are workers keeping up?) or move the cache "
+        "and results to another Redis; with noeviction a full Redis refuses new tasks"
+    )
+    if percent >= conf.number("REDIS_MEMORY_CRITICAL_PERCENT"):
+        return critical("redis.memory", detail, remedy, data=data)
+    if percent >= conf.number("REDIS_MEMORY_WARNING_PERCENT"):
+        return warning("redis.memory", detail, remedy, data=data)
+    return ok("redis.memory", detail, data=data)
+
+
+def check_redis_clients(ctx: HealthContext) -> CheckResult:
+    info = ctx.redis_info()
+    connected = int(info.get("connected_clients", 0))
+    blocked = int(info.get("blocked_clients", 0))
+    rejected = int(info.get("rejected_connections", 0))
+    limit = info.get("maxclients")
+    if limit is None:
+        limit = ctx.redis_config("maxclients")
+    limit = int(limit) if limit else None
+    data = {
+        "connected": connected,
+        "blocked": blocked,
+        "maxclients": limit,
+        "rejected_connections": rejected,
+    }
+    detail = f"{connected} connected" + (f" of {limit}" if limit else "")
+    detail += f", {blocked} blocked (waiting on BRPOP: idle workers)"
+    if limit and connected >= 0.9 * limit:
+        return critical(
+            "redis.clients",
+            detail + ": near maxclients",
+            "raise maxclients or lower REDIS_MAX_CONNECTIONS / worker counts",
+            data=data,
+        )
+    if rejected:
+        return warning(
+            "redis.clients",
+            f"{detail}; {rejected} connections rejected since start",
+            "raise maxclients; rejected connections are failed publishes or idle workers",
+            data=data,
+        )
+    return ok("redis.clients", detail, data=data)
+
+
+def check_redis_server(ctx: HealthContext) -> CheckResult:
+    info = ctx.redis_info()
+    keyspace = {
+        key: {"keys": value.get("keys"), "expires": value.get("expires")}
+        for key, value in info.items()
+        if key.startswith("db") and isinstance(value, dict)
+    }
+    evicted = int(info.get("evicted_keys", 0))
+    uptime = int(info.get("uptime_in_seconds", 0))
+    data = {
+        "version": info.get("redis_version"),
+        "uptime_s": uptime,
+        "keyspace": keyspace,
+        "evicted_keys": evicted,
+        "expired_keys": int(info.get("expired_keys", 0)),
+        "role": info.get("role"),
+    }
+    keys = ", ".join(f"{db}: {v['keys']} keys" for db, v in keyspace.items()) or "no keys"
+    detail = (
+        f"Redis {data['version']} ({data['role']}), up {human_age(uptime)}; {keys}; "
+        f"{evicted} keys evicted since start"
+    )
+    if evicted:
+        return warning(
+            "redis.server",
+            detail,
+            "evicted keys may have been queued tasks: set maxmemory-policy noeviction and "
+            "compare task counts (dead letters, missing results)",
+            data=data,
+        )
+    return ok("redis.server", detail, data=data)
+
+
+# --- configuration, beat, dead letters, outbox, Flower ---------------------------------
+def check_config(ctx: HealthContext) -> CheckResult:
+    from taskcore.config_audit import audit
+
+    problems = audit(ctx.app.conf)
+    data = {
+        "problems": [
+            {"code": p.code, "level": p.level, "message": p.message, "remedy": p.remedy}
+            for p in problems
+        ]
+    }
+    if not problems:
+        return ok(
+            "config",
+            "Celery settings pass the audit (visibility timeout, JSON only, "
+            "result expiry, declared queues)",
+            data=data,
+        )
+    worst = next((p for p in problems if p.level == "critical"), problems[0])
+    detail = "; ".join(p.message for p in problems)
+    make = critical if worst.level == "critical" else warning
+    return make("config", detail, worst.remedy, data=data)
+
+
+def check_beat(ctx: HealthContext) -> CheckResult:
+    from taskcore.beat_liveness import read_heartbeat, read_lock
+
+    warn_after = conf.number("BEAT_HEARTBEAT_WARNING")
+    critical_after = conf.number("BEAT_HEARTBEAT_CRITICAL")
+    try:
+        client = ctx.broker()
+        heartbeat = read_heartbeat(client)
+        holder, lock_ttl = read_lock(client)
+    except Exception as exc:
+        return critical(
+            "beat",
+            f"cannot read the beat heartbeat: {exc}",
+            "fix the broker connection first (check broker)",
+        )
+    start_beat = (
+        "start beat with the liveness scheduler: celery -A admin_backend beat --scheduler "
+        "taskcore.beat_liveness:LivenessScheduler (./start_celery.sh does); logs/celery_beat.log"
+    )
+    if heartbeat is None:
+        return warning(
+            "beat",
+            "no beat heartbeat recorded: beat is not running, or runs without the liveness "
+            "scheduler; periodic tasks (health checks, cleanups) are not being sent",
+            start_beat,
+            data={"age_s": None, "warning_s": warn_after, "critical_s": critical_after},
+        )
+    age = max(0.0, time.time() - float(heartbeat.get("ts", 0)))
+    data = {
+        "age_s": round(age, 3),
+        "pid": heartbeat.get("pid"),
+        "host": heartbeat.get("host"),
+        "lock_held": holder is not None,
+        "lock_ttl_s": lock_ttl,
+        "warning_s": warn_after,
+        "critical_s": critical_after,
+    }
+    who = f"pid {heartbeat.get('pid')} on {heartbeat.get('host')}"
+    if age >= critical_after:
+        return critical(
+            "beat",
+            f"last beat heartbeat {human_age(age)} ago ({who}): beat is stopped or stuck, "
+            "periodic tasks are not being sent",
+            start_beat,
+            data=data,
+        )
+    if age >= warn_after:
+        return warning(
+            "beat",
+            f"last beat heartbeat {human_age(age)} ago ({who}, limit {warn_after:g}s): beat "
+            "is stopped, stuck or slow",
+            start_beat,
+            data=data,
+        )
+    return ok("beat", f"beat alive: heartbeat {human_age(age)} ago ({who})", data=data)
+
+
+def _model(name: str):
+    """A taskcore model that may not exist yet (built alongside): None when absent."""
+    try:
+        from taskcore import models
+    except ImportError:
+        return None
+    return getattr(models, name, None)
+
+
+def _first_field(model, names) -> str | None:
+    fields = {field.name for field in model._meta.get_fields()}
+    return next((name for name in names if name in fields), None)
+
+
+def check_dead_letters(ctx: HealthContext) -> CheckResult:
+    from django.utils import timezone
+
+    DeadLetter = _model("DeadLetter")
+    if DeadLetter is None:
+        return ok(
+            "dead_letters",
+            "not available (no DeadLetter model in this version)",
+            data={"available": False},
+        )
+    try:
+        waiting = DeadLetter.objects.filter(replayed_at__isnull=True)
+        total = waiting.count()
+        created = _first_field(DeadLetter, ("created_at", "first_seen"))
+        last_hour = (
+            waiting.filter(**{f"{created}__gte": timezone.now() - timedelta(hours=1)}).count()
+            if created
+            else None
+        )
+    except Exception as exc:
+        return warning(
+            "dead_letters",
+            f"cannot count dead letters: {type(exc).__name__}: {exc}",
+            "run `python manage.py migrate`; check the database",
+        )
+    data = {"available": True, "unreplayed": total, "last_hour": last_hour}
+    detail = f"{total} dead letters not replayed" + (
+        f", {last_hour} in the last hour" if last_hour is not None else ""
+    )
+    remedy = (
+        "review them in the admin (Task platform > Dead letters): fix the cause, then "
+        "replay or discard"
+    )
+    if last_hour and last_hour >= conf.number("DEAD_LETTERS_CRITICAL_PER_HOUR"):
+        return critical(
+            "dead_letters",
+            detail + ": tasks are failing for good at a high rate",
+            remedy,
+            data=data,
+        )
+    if total:
+        return warning("dead_letters", detail, remedy, data=data)
+    return ok("dead_letters", "no dead letters waiting", data=data)
+
+
+def check_outbox(ctx: HealthContext) -> CheckResult:
+    from django.utils import timezone
+
+    OutboxMessage = _model("OutboxMessage")
+    if OutboxMessage is None:
+        return ok(
+            "outbox",
+            "not available (no OutboxMessage model in this version)",
+            data={"available": False},
+        )
+    try:
+        pending = OutboxMessage.objects.filter(published_at__isnull=True)
+        backlog = pending.count()
+        oldest = None
+        created = _first_field(OutboxMessage, ("created_at",))
+        if backlog and created:
+            first = pending.order_by(created).values_list(created, flat=True).first()
+            oldest = (timezone.now() - first).total_seconds() if first else None
+    except Exception as exc:
+        return warning(
+            "outbox",
+            f"cannot read the outbox: {type(exc).__name__}: {exc}",
+            "run `python manage.py migrate`; check the database",
+        )
+    data = {
+        "available": True,
+        "backlog": backlog,
+        "oldest_age_s": None if oldest is None else round(oldest, 3),
+    }
+    detail = f"{backlog} messages not yet published" + (
+        f", oldest {human_age(oldest)}" if oldest is not None else ""
+    )
+    remedy = (
+        "the outbox relay is not keeping up or not running: check beat and the "
+        "maintenance worker, and the broker connection"
+    )
+    if backlog >= conf.number("OUTBOX_BACKLOG_CRITICAL") or (
+        oldest is not None and oldest >= conf.number("OUTBOX_AGE_CRITICAL")
+    ):
+        return critical("outbox", detail, remedy, data=data)
+    if backlog >= conf.number("OUTBOX_BACKLOG_WARNING") or (
+        oldest is not None and oldest >= conf.number("OUTBOX_AGE_WARNING")
+    ):
+        return warning("outbox", detail, remedy, data=data)
+    return ok("outbox", detail, data=data)
+
+
+def check_flower(ctx: HealthContext) -> CheckResult:
+    url = conf.text("FLOWER_URL").strip()
+    if not url or url.lower() in ("off", "none", "0"):
+        return ok("flower", "not checked (FLOWER_URL is off)", data={"checked": False})
+    shown = mask_url(url)
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=min(ctx.timeout, 2.0)) as response:  # noqa: S310
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except Exception as exc:
+        reason = getattr(exc, "reason", exc)
+        return warning(
+            "flower",
+            f"Flower does not answer at {shown}: {reason}",
+            "start Flower (celery -A admin_backend flower --conf=deploy/flowerconfig.py) or set "
+            "FLOWER_URL to where it runs (FLOWER_URL=off to skip)",
+            data={"checked": True, "url": shown},
+        )
+    rtt = ms(time.perf_counter() - started)
+    data = {"checked": True, "url": shown, "http_status": status}
+    if status >= 500 or status == 404:
+        return warning(
+            "flower",
+            f"Flower at {shown} answers HTTP {status}",
+            "see logs/flower.log",
+            latency_ms=rtt,
+            data=data,
+        )
+    return ok(
+        "flower",
+        f"Flower answers at {shown} (HTTP {status}) in {rtt:.0f} ms",
+        latency_ms=rtt,
+        data=data,
+    )
+
+
+# --- round trips ---------------------------------------------------------------------
+def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
+    """Send health_check_task to every queue and time each answer."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+    from celery.result import ResultSet
+
+    from maintenance.tasks import health_check_task
+
+    try:
+        ctx.broker_ping_ms()
+    except Exception as exc:
+        return [
+            critical(
+                f"roundtrip.{spec.name}",
+                f"not sent: broker unreachable ({exc})",
+                "fix the broker connection first (check broker)",
+            )
+            for spec in QUEUES
+        ]
+    budget = max(0.5, ctx.remaining() - 0.2)
+    sent: dict[str, tuple[str, float]] = {}
+    results = []
+    for spec in QUEUES:
+        sent_at = time.time()
+        result = health_check_task.apply_async(
+            kwargs={"sent_at": sent_at},
+            queue=spec.name,
+            # Never run late: a probe left in an unconsumed queue is dropped when it expires.
+            expires=budget,
+        )
+        sent[result.id] = (spec.name, time.perf_counter())
+        results.append(result)
+    answered: dict[str, tuple[float, object]] = {}
+
+    def on_result(task_id, value):
+        answered[task_id] = (time.perf_counter(), value)
+
+    try:
+        ResultSet(results).join_native(timeout=budget, callback=on_result, propagate=False)
+    except ResultTimeout:
+        pass
+    except Exception as exc:
+        return [
+            critical(
+                f"roundtrip.{spec.name}", f"results unreadable: {exc}", "check the result backend"
+            )
+            for spec in QUEUES
+        ]
+    try:
+        consumers = ctx.census().consumers
+    except Exception:
+        consumers = {}
+    outcomes = []
+    for result in results:
+        queue, sent_clock = sent[result.id]
+        name = f"roundtrip.{queue}"
+        if result.id not in answered:
+            holders = consumers.get(queue, [])
+            if holders:
+                outcomes.append(
+                    warning(
+                        name,
+                        f"no answer within {budget:.1f}s although {len(holders)} workers consume "
+                        f"{queue}: busy with long tasks, or stuck",
+                        f"see what runs on {queue}: celery_monitor, celery -A admin_backend "
+                        "inspect active",
+                        data={"answered": False, "consumers": len(holders)},
+                    )
+                )
+            else:
+                outcomes.append(
+                    critical(
+                        name,
+                        f"no answer within {budget:.1f}s: no worker consumes {queue}",
+                        f"start a worker consuming {queue}",
+                        data={"answered": False, "consumers": 0},
+                    )
+                )
+            continue
+        done_clock, report = answered[result.id]
+        rtt = ms(done_clock - sent_clock)
+        if not isinstance(report, dict):
+            outcomes.append(
+                critical(
+                    name,
+                    f"health_check_task failed: {report!r}",
+                    "see logs/celery_tasks.log",
+                    latency_ms=rtt,
+                )
+            )
+            continue
+        worker = (report.get("worker") or {}).get("hostname", "?")
+        data = {
+            "answered": True,
+            "round_trip_ms": rtt,
+            "queue_wait_ms": report.get("queue_wait_ms"),
+            "worker": worker,
+            "database_ms": (report.get("database") or {}).get("latency_ms"),
+            "cache_ms": (report.get("cache") or {}).get("latency_ms"),
+        }
+        if not report.get("ok", False):
+            failed = [
+                f"{part}: {(report.get(part) or {}).get('error', 'failed')}"
+                for part in ("database", "cache")
+                if not (report.get(part) or {}).get("ok", False)
+            ]
+            outcomes.append(
+                critical(
+                    name,
+                    f"worker {worker} answered in {rtt:.0f} ms but cannot reach "
+                    + "; ".join(failed),
+                    "check the worker host's DATABASE_URL / CACHE_URL and network",
+                    latency_ms=rtt,
+                    data=data,
+                )
+            )
+            continue
+        outcomes.append(
+            ok(
+                name,
+                f"answered by {worker} in {rtt:.0f} ms (queue wait "
+                f"{data['queue_wait_ms'] or 0:.0f} ms, database {data['database_ms']} ms, "
+                f"cache {data['cache_ms']} ms)",
+                latency_ms=rtt,
+                data=data,
+            )
+        )
+        result.forget()
+    return outcomes
+
+
+# --- registry ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: Callable[[HealthContext], CheckResult | list[CheckResult]]
+    # "core": every run; "redis": with --check-redis; "tasks": with --test-tasks.
+    group: str = "core"
+    # Part of the web process's readiness (/health/ready).
+    readiness: bool = False
+    # Results it produces, for reporting a check that ran out of time.
+    result_names: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return self.result_names or (self.name,)
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("broker", check_broker, readiness=True),
+    Check("result_backend", check_result_backend),
+    Check("database", check_database, readiness=True),
+    Check("cache", check_cache, readiness=True),
+    Check("workers", check_workers),
+    Check("queues", check_queues, result_names=tuple(f"queue.{s.name}" for s in QUEUES)),
+    Check("redis.eviction", check_eviction_policy),
+    Check("redis.persistence", check_persistence),
+    Check("config", check_config),
+    Check("beat", check_beat),
+    Check("dead_letters", check_dead_letters),
+    Check("outbox", check_outbox),
+    Check("flower", check_flower),
+    Check("redis.memory", check_redis_memory, group="redis"),
+    Check("redis.clients", check_redis_clients, group="redis"),
+    Check("redis.server", check_redis_server, group="redis"),
+    Check(
+        "roundtrip",
+        check_round_trips,
+        group="tasks",
+        result_names=tuple(f"roundtrip.{s.name}" for s in QUEUES),
+    ),
+)
+CHECKS_BY_NAME = {check.name: check for check in CHECKS}

@@ -1,0 +1,55 @@
+"""Tasks that misbehave on purpose, for the reliability tests and the chaos suite.
+
+Loaded only where CELERY_EXTRA_TASK_MODULES names this module (the test runs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from celery import shared_task
+from django.core.cache import cache
+
+from taskcore.base import PermanentError, TransientError
+from taskcore.idempotency import effect_once
+
+
+@shared_task(name="taskcore.testing.fails_permanently")
+def fails_permanently(reason: str) -> None:
+    raise PermanentError(f"refused: {reason}")
+
+
+@shared_task(
+    bind=True,
+    name="taskcore.testing.fails_transiently",
+    max_retries=3,
+    backoff_base=0.05,
+    backoff_cap=0.2,
+)
+def fails_transiently(self, key: str, failures: int) -> int:
+    """Fail with a transient error the first ``failures`` calls for ``key``, then succeed."""
+    cache.add(f"calls:{key}", 0, timeout=3600)
+    calls = cache.incr(f"calls:{key}")
+    if calls <= failures:
+        raise TransientError(f"call {calls} of {key}: not yet")
+    return calls
+
+
+@shared_task(name="taskcore.testing.kills_its_process")
+def kills_its_process() -> None:
+    """A poison message: the process running it dies every time."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(bind=True, name="taskcore.testing.record_effect")
+def record_effect(self, key: str) -> bool:
+    """The chaos suite's unit of work: an effect claimed once per key.
+
+    Returns False (and counts it) when a redelivered duplicate was absorbed.
+    """
+    with effect_once("chaos", key, task_id=self.request.id) as first:
+        if not first:
+            cache.add("chaos:duplicates", 0, timeout=3600)
+            cache.incr("chaos:duplicates")
+        return first
