@@ -22,7 +22,6 @@ from taskcore.models import DeadLetter, OutboxMessage
 from taskcore.tasks import debug_task
 from taskcore.testing.tasks import fails_permanently, fails_transiently
 
-
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -159,7 +158,7 @@ def test_replay_refuses_bad_records_clearly_and_changes_nothing(monkeypatch):
         reason="permanent_error",
         exception_type="X",
     )
-    with pytest.raises(deadletters.ReplayError, match="unknown task 'no.such.task'"):
+    with pytest.raises(deadletters.ReplayError, match=r"unknown task 'no\.such\.task'"):
         deadletters.replay(unknown)
     with pytest.raises(deadletters.ReplayError, match="stored arguments are malformed"):
         deadletters.replay(malformed)
