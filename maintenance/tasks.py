@@ -14,3 +14,11 @@ def health_check_task(self, sent_at: float | None = None) -> dict:
     Routed to ``maintenance``; send it with ``queue=...`` to probe any queue.
     """
     return services.health_report(self.app, self.request, sent_at=sent_at)
+
+
+@shared_task(name="maintenance.tasks.run_cleanup")
+def run_cleanup(name: str) -> dict:
+    """Run one cleanup of maintenance.cleanups by name; returns what it removed."""
+    from . import cleanups
+
+    return cleanups.run_cleanup(str(name)).as_dict()

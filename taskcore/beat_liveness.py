@@ -211,6 +211,10 @@ class LivenessScheduler(DatabaseScheduler):
 
     def __init__(self, app, *args, **kwargs):
         self.liveness = BeatLiveness.for_app(app)
+        if kwargs.get("lazy"):
+            # Beat builds a lazy instance only to print its start-up banner.
+            super().__init__(app, *args, **kwargs)
+            return
         try:
             self.liveness.acquire()
         except BeatLockHeld as exc:

@@ -86,6 +86,7 @@ def check_result_backend(ctx: HealthContext) -> CheckResult:
         return ok("result_backend", f"result backend {shown} (not probed: not Redis)")
     try:
         client = backend_redis(ctx.app, ctx.timeout)
+        client.ping()  # connects: not part of the round trip
         started = time.perf_counter()
         client.ping()
         rtt = ms(time.perf_counter() - started)
@@ -157,7 +158,11 @@ def check_workers(ctx: HealthContext) -> CheckResult:
     try:
         census = ctx.census()
     except Exception as exc:
-        return critical("workers", f"cannot ask the workers: {exc}", START_WORKERS)
+        return critical(
+            "workers",
+            f"cannot ask the workers: {exc}",
+            "fix the broker connection first (check broker); workers use the same Redis",
+        )
     latency = round(census.elapsed_ms, 3)
     try:
         unacked = ctx.queues().unacked
@@ -170,9 +175,15 @@ def check_workers(ctx: HealthContext) -> CheckResult:
         "unacked": unacked,
     }
     if not census.workers:
+        seen = (
+            "no worker is connected to the broker (none listens for control commands)"
+            if census.listeners == 0
+            else f"no worker answers within {ctx.broadcast_timeout:.1f}s"
+            + (f" ({census.listeners} listen)" if census.listeners else "")
+        )
         return critical(
             "workers",
-            f"no worker answers (asked for {ctx.broadcast_timeout:.1f}s)",
+            seen,
             START_WORKERS,
             latency_ms=latency,
             data=data,

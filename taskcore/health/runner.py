@@ -106,9 +106,14 @@ def run_health(
         except queue.Empty:
             break
         finished[name] = results
+    wanted = [word.strip() for word in only or () if word.strip()]
     for check in checks:
         if check.name in finished:
-            report.results.extend(finished[check.name])
+            results = finished[check.name]
+            if wanted and not any(check.name.startswith(word) for word in wanted):
+                # Asked for some results of a check (queue.media): only those.
+                results = [r for r in results if any(r.name.startswith(w) for w in wanted)]
+            report.results.extend(results)
         else:
             report.results.extend(
                 critical(

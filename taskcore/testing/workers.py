@@ -117,3 +117,64 @@ class WorkerProcess:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+class BeatProcess:
+    """``celery -A admin_backend beat`` with the database scheduler, in a subprocess."""
+
+    def __init__(
+        self,
+        *,
+        log_path: Path,
+        run_dir: Path,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+    ):
+        self.log_path = log_path
+        self.run_dir = run_dir
+        self.env = {**os.environ, **(env or {})}
+        self.extra_args = list(extra_args or [])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "admin_backend",
+            "beat",
+            "--loglevel=INFO",
+            f"--pidfile={self.run_dir / 'celerybeat.pid'}",
+            f"--schedule={self.run_dir / 'celerybeat-schedule'}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> BeatProcess:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_handle = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if hasattr(self, "_log_handle"):
+            self._log_handle.close()
+        return self.process.returncode if self.process else 0

@@ -82,6 +82,7 @@ class Command(BaseCommand):
             "only": only or None,
             "timeout": options["timeout"],
         }
+        self.last_code = 0
         stream = self.stdout._out  # rich writes partial lines; Django's wrapper would add newlines
         self.console = Console(
             file=stream, width=None if stream.isatty() else 160, highlight=False, soft_wrap=False
@@ -91,8 +92,8 @@ class Command(BaseCommand):
                 code = self.watch(options["format"], options["interval"])
             else:
                 code = self.emit(self.check(), options["format"])
-        except KeyboardInterrupt:
-            code = 0
+        except KeyboardInterrupt:  # the end of --watch: the last report's status
+            code = self.last_code
         except CommandError:
             raise
         except Exception as exc:  # a broken run says so in one line, never a traceback
@@ -118,17 +119,15 @@ class Command(BaseCommand):
         return report.exit_code
 
     def watch(self, output_format: str, interval: float) -> int:
-        code = 0
         if output_format == "table" and self.console.is_terminal:
             with Live(console=self.console, auto_refresh=False) as live:
                 while True:
                     report = self.check()
-                    code = report.exit_code
+                    self.last_code = report.exit_code
                     live.update(table(report), refresh=True)
                     time.sleep(interval)
         while True:
             report = self.check()
             # One JSON object / summary line per run: easy to pipe, grep and tail.
-            code = self.emit(report, output_format, compact=True)
+            self.last_code = self.emit(report, output_format, compact=True)
             time.sleep(interval)
-        return code  # pragma: no cover - left by Ctrl-C

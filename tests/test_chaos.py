@@ -1,0 +1,288 @@
+"""Chaos suite R1-R4: real workers, a Redis of its own with AOF, processes killed on purpose.
+
+Run alone with ``./run_tests.sh -m chaos``. Each test prints its figures (also
+kept in var/chaos-figures.json); docs/reliability.md records them with the
+configuration below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from taskcore.models import DeadLetter, EffectClaim
+
+pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+FIGURES_FILE = PROJECT_DIR / "var" / "chaos-figures.json"
+EFFECT_TASK = "taskcore.testing.record_effect"
+
+# Every time limit capped at 10 s makes a 15 s visibility timeout safe, so the
+# tasks of a killed worker come back within seconds (see docs/reliability.md).
+CHAOS_SETTINGS = {
+    "CELERY_TIME_LIMIT_CAP": "10",
+    "CELERY_VISIBILITY_TIMEOUT": "15",
+    "CELERY_UNACKED_RESTORE_INTERVAL": "1",
+    "CELERY_MAX_DELIVERIES": "3",
+    "CELERY_LOG_LEVEL": "WARNING",
+}
+AOF_EVERYSEC = ("--appendonly", "yes", "--appendfsync", "everysec")
+
+
+def record_figures(name: str, figures: dict) -> None:
+    FIGURES_FILE.parent.mkdir(exist_ok=True)
+    existing = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.exists() else {}
+    existing[name] = figures
+    FIGURES_FILE.write_text(json.dumps(existing, indent=2, sort_keys=True))
+    print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), file=sys.__stdout__)
+
+
+class ChaosStack:
+    """A private Redis, the environment pointing at it, and a client app on it."""
+
+    def __init__(self, server, monkeypatch, worker_database_url):
+        self.server = server
+        url = server.url
+        self.env = {
+            **CHAOS_SETTINGS,
+            "CELERY_BROKER_URL": url,
+            "CELERY_RESULT_BACKEND": url,
+            "CACHE_URL": url,
+            "DATABASE_URL": worker_database_url,
+        }
+        # Celery's variables win over arguments: the client app must see them too.
+        monkeypatch.setenv("CELERY_BROKER_URL", url)
+        monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+        self.client = Celery("chaos-client", broker=url, backend=url, set_as_current=False)
+        self.client.conf.broker_transport_options = {"visibility_timeout": 15}
+
+    def publish(self, keys) -> int:
+        """Send one effect task per key over one producer; ignore results (none awaited)."""
+        sent = 0
+        with self.client.producer_or_acquire() as producer:
+            for key in keys:
+                self.client.send_task(
+                    EFFECT_TASK,
+                    args=[str(key)],
+                    queue="default",
+                    producer=producer,
+                    ignore_result=True,
+                    retry=True,
+                    retry_policy={
+                        "max_retries": 30,
+                        "interval_start": 0.2,
+                        "interval_step": 0.2,
+                        "interval_max": 1,
+                    },
+                )
+                sent += 1
+        return sent
+
+    def duplicates(self) -> int:
+        # The effect task counts absorbed duplicates through Django's cache (key prefix applies).
+        client = redis.Redis.from_url(self.server.url)
+        keys = client.keys("*chaos:duplicates")
+        return int(client.get(keys[0])) if keys else 0
+
+
+@pytest.fixture
+def chaos(private_redis, monkeypatch, worker_database_url):
+    return lambda *redis_args: ChaosStack(
+        private_redis(*redis_args), monkeypatch, worker_database_url
+    )
+
+
+def wait_for_effects(expected: int, timeout: float, on_tick=None) -> int:
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        done = EffectClaim.objects.filter(scope="chaos").count()
+        if done >= expected:
+            return done
+        if on_tick:
+            on_tick(done)
+        time.sleep(0.25)
+    return done
+
+
+def test_r1_killing_worker_children_and_main_processes_loses_nothing(chaos, start_worker):
+    stack = chaos(*AOF_EVERYSEC)
+    total = 10_000
+    workers = [start_worker(["default"], concurrency=2, env=stack.env, client_app=stack.client)]
+    sent = stack.publish(range(total))
+    kills = {"children": 0, "main": 0}
+    main_kill_marks = [total * 3 // 10, total * 6 // 10]
+    last_child_kill = [time.monotonic()]
+
+    def chaos_tick(done: int) -> None:
+        worker = workers[-1]
+        if main_kill_marks and done >= main_kill_marks[0]:
+            main_kill_marks.pop(0)
+            worker.kill()  # the main process and its children, like a lost host
+            kills["main"] += 1
+            workers.append(
+                start_worker(["default"], concurrency=2, env=stack.env, client_app=stack.client)
+            )
+        elif time.monotonic() - last_child_kill[0] > 0.5:
+            children = worker.child_pids()
+            if children:
+                try:
+                    os.kill(random.choice(children), signal.SIGKILL)
+                    kills["children"] += 1
+                except ProcessLookupError:
+                    pass
+            last_child_kill[0] = time.monotonic()
+
+    effects = wait_for_effects(total, timeout=240, on_tick=chaos_tick)
+    dead = DeadLetter.objects.count()
+    figures = {
+        "sent": sent,
+        "effects": effects,
+        "lost": sent - effects,
+        "dead_letters": dead,
+        "duplicates_absorbed": stack.duplicates(),
+        "children_killed": kills["children"],
+        "main_processes_killed": kills["main"],
+    }
+    record_figures("R1", figures)
+    assert kills["main"] >= 2 and kills["children"] >= 5
+    assert effects == total, figures
+
+
+@pytest.mark.parametrize(
+    ("variant", "redis_args", "stop_signal"),
+    [
+        ("aof-everysec-sigterm", AOF_EVERYSEC, signal.SIGTERM),
+        ("aof-everysec-sigkill", AOF_EVERYSEC, signal.SIGKILL),
+    ],
+)
+def test_r2_restarting_redis_mid_run_loses_nothing_with_aof(
+    chaos, start_worker, variant, redis_args, stop_signal
+):
+    stack = chaos(*redis_args)
+    total = 10_000
+    start_worker(["default"], concurrency=2, env=stack.env, client_app=stack.client)
+    sent = stack.publish(range(total))
+    restarted = []
+
+    def restart_once(done: int) -> None:
+        if not restarted and done >= total // 3:
+            stack.server.restart(stop_signal)
+            restarted.append(done)
+
+    effects = wait_for_effects(
+        total, timeout=int(os.environ.get("CHAOS_TIMEOUT", "240")), on_tick=restart_once
+    )
+    figures = {
+        "sent": sent,
+        "effects": effects,
+        "lost": sent - effects,
+        "restarted_after_effects": restarted[0] if restarted else None,
+        "duplicates_absorbed": stack.duplicates(),
+    }
+    record_figures(f"R2 {variant}", figures)
+    assert restarted
+    assert effects == total, figures
+
+
+def test_r2_without_persistence_a_redis_restart_loses_the_queue(chaos, start_worker):
+    """The fact users must know: Redis without AOF forgets every queued message."""
+    stack = chaos("--appendonly", "no", "--save", "")
+    total = 10_000
+    sent = stack.publish(range(total))
+    worker = start_worker(["default"], concurrency=2, env=stack.env, client_app=stack.client)
+    restarted = []
+
+    def restart_once(done: int) -> None:
+        if not restarted and done >= 500:
+            stack.server.restart(signal.SIGKILL)
+            restarted.append(done)
+
+    effects = wait_for_effects(total, timeout=30, on_tick=restart_once)
+    worker.stop()
+    lost = sent - EffectClaim.objects.filter(scope="chaos").count()
+    record_figures(
+        "R2 no-persistence-sigkill",
+        {"sent": sent, "effects": sent - lost, "lost": lost, "restarted_after_effects": restarted},
+    )
+    assert restarted and effects < total and lost > 0
+
+
+def test_r3_tasks_enqueued_while_redis_is_down_all_run_via_the_outbox(chaos, start_worker):
+    stack = chaos(*AOF_EVERYSEC)
+    total = 1_000
+    stack.server.stop()
+    application = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.db import transaction\n"
+            "from taskcore import outbox\n"
+            f"for n in range({total}):\n"
+            "    with transaction.atomic():\n"
+            f"        outbox.send_after_commit('{EFFECT_TASK}', [f'outbox-{{n}}'])\n",
+        ],
+        cwd=PROJECT_DIR,
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert application.returncode == 0, application.stderr
+    from taskcore.models import OutboxMessage
+
+    waiting = OutboxMessage.objects.filter(published_at__isnull=True).count()
+    stack.server.restart()
+    # A worker that starts relays the outbox (and beat runs the relay task every minute).
+    start_worker(["default"], concurrency=2, env=stack.env, client_app=stack.client)
+    effects = wait_for_effects(total, timeout=120)
+    figures = {
+        "enqueued_while_down": total,
+        "waited_in_outbox": waiting,
+        "effects": effects,
+        "lost": total - effects,
+        "published_once": OutboxMessage.objects.filter(attempts=1).count(),
+    }
+    record_figures("R3", figures)
+    assert waiting == total
+    assert effects == total, figures
+
+
+def test_r4_a_poison_task_ends_in_exactly_one_dead_letter(chaos, start_worker):
+    stack = chaos(*AOF_EVERYSEC)
+    worker = start_worker(["default"], concurrency=1, env=stack.env, client_app=stack.client)
+    result = stack.client.send_task("taskcore.testing.kills_its_process", queue="default")
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not DeadLetter.objects.filter(task_id=result.id):
+        time.sleep(0.2)
+    letters = DeadLetter.objects.filter(task_id=result.id)
+    # The worker lives on and the queue is empty: the poison is gone for good.
+    time.sleep(2)
+    queued = redis.Redis.from_url(stack.server.url).llen("default")
+    figures = {
+        "dead_letters": letters.count(),
+        "max_deliveries": 3,
+        "queued_after": queued,
+        "reason": letters.first().reason if letters else None,
+    }
+    record_figures("R4", figures)
+    assert letters.count() == 1
+    assert letters.first().reason == DeadLetter.Reason.REDELIVERED_TOO_OFTEN
+    assert "delivered 4 times" in letters.first().exception_message
+    assert queued == 0
+    assert worker.process.poll() is None
+    assert stack.client.control.ping(destination=[worker.hostname], timeout=2)
