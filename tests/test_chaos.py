@@ -254,7 +254,9 @@ def test_r3_tasks_enqueued_while_redis_is_down_all_run_via_the_outbox(chaos, sta
         "waited_in_outbox": waiting,
         "effects": effects,
         "lost": total - effects,
-        "published_once": OutboxMessage.objects.filter(attempts=1).count(),
+        "published": OutboxMessage.objects.filter(published_at__isnull=False).count(),
+        # The one publish tried while Redis was down (the others skipped straight to the relay).
+        "failed_publish_attempts": sum(row.attempts - 1 for row in OutboxMessage.objects.all()),
     }
     record_figures("R3", figures)
     assert waiting == total
