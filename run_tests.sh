@@ -34,6 +34,20 @@ echo "== ruff format --check"
 echo "== shellcheck"
 "$VENV_DIR/bin/shellcheck" start_celery.sh run_tests.sh .ci/run
 
+# The operations dashboard's browser tests drive Debian's Chromium (no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing chromium for the browser tests"
+        { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; } \
+            >var-apt.log 2>&1 || { cat var-apt.log; echo "chromium could not be installed" >&2; }
+        rm -f var-apt.log
+    fi
+    if ! command -v chromium >/dev/null 2>&1 && [ "${TEST_BROWSER:-auto}" = "always" ]; then
+        echo "chromium is required (TEST_BROWSER=always): install Debian's chromium package" >&2
+        exit 1
+    fi
+fi
+
 echo "== pytest (SQLite)"
 "$PY" -m pytest "$@"
 

@@ -47,3 +47,16 @@ def refuse_unsafe_configuration(sender=None, **kwargs):
         # SystemExit, not an exception: Celery logs and swallows exceptions raised
         # by signal receivers, and the worker would start anyway.
         raise SystemExit(os.EX_CONFIG)
+
+
+@signals.worker_init.connect
+def declare_every_queue_on_rabbitmq(sender=None, **kwargs):
+    """Delayed delivery binds all five queues on RabbitMQ: their exchanges must exist first.
+
+    A worker declares only the queues it consumes; until every group has started
+    once, Celery's delayed-delivery setup would fail for the others.
+    """
+    from taskcore import brokers
+
+    if brokers.broker_kind(app.conf.broker_url) == brokers.AMQP:
+        brokers.declare_queues(app)

@@ -97,7 +97,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec(
         name="maintenance",
         purpose="System maintenance: health checks, cleanup tasks",
-        apps=("maintenance",),
+        apps=("maintenance", "dashboard"),
         soft_time_limit=240,
         time_limit=300,
         max_retries=3,
@@ -149,8 +149,31 @@ def spec_for_task(task_name: str) -> QueueSpec:
     return QUEUES_BY_NAME[queue_for_task(task_name)]
 
 
-def kombu_queues() -> tuple[Queue, ...]:
-    """Declarations for ``task_queues``: one direct exchange per queue, as Celery does."""
+def kombu_queues(broker_url: str | None = None) -> tuple[Queue, ...]:
+    """Declarations for ``task_queues``, for the broker ``broker_url`` names.
+
+    Redis: one direct exchange per queue, as Celery does. RabbitMQ (``amqp://``,
+    ``pyamqp://``): quorum queues (replicated, survive a node loss) bound to one
+    *topic* exchange per queue with the same routing key, because Celery's native
+    delayed delivery, which carries countdowns, ETAs and retry backoff on quorum
+    queues, cannot route through direct exchanges. The routing is the same: a
+    task for ``email`` goes to exchange ``email``, key ``email``, queue ``email``.
+    ``broker_url`` defaults to ``CELERY_BROKER_URL`` from the environment.
+    """
+    if broker_url is None:
+        broker_url = os.environ.get("CELERY_BROKER_URL", "")
+    from taskcore.brokers import AMQP, broker_kind
+
+    if broker_kind(broker_url) == AMQP:
+        return tuple(
+            Queue(
+                spec.name,
+                Exchange(spec.name, type="topic"),
+                routing_key=spec.name,
+                queue_arguments={"x-queue-type": "quorum"},
+            )
+            for spec in QUEUES
+        )
     return tuple(
         Queue(spec.name, Exchange(spec.name, type="direct"), routing_key=spec.name)
         for spec in QUEUES
@@ -185,7 +208,14 @@ class QueueTableAnnotations:
         }
         # A task's own decorator options (stored on its generated class) win over the queue's.
         # Celery passes the task class here (Task.annotate is a classmethod).
-        own = vars(task if isinstance(task, type) else type(task))
+        # Celery's bind() first copies task_time_limit, task_soft_time_limit and
+        # task_default_rate_limit (None by default) onto the class: only a value
+        # that is set is the task's own.
+        own = {
+            key
+            for key, value in vars(task if isinstance(task, type) else type(task)).items()
+            if value is not None
+        }
         values = {
             key: value
             for key, value in queue_values.items()

@@ -52,9 +52,12 @@ INSTALLED_APPS = [
     "media",
     "reports",
     "maintenance",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
+    # Serves /health/live, /health/ready and /metrics before host checks and HTTPS redirects.
+    "taskcore.health.middleware.HealthProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -122,6 +125,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / env_or("STATIC_ROOT", str(VAR_DIR / "static"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / env_or("MEDIA_ROOT", str(VAR_DIR / "media"))
+# Upload limits (media queue); renditions and storages: see media/conf.py.
+MEDIA_UPLOAD_MAX_BYTES = env.int("MEDIA_UPLOAD_MAX_BYTES", default=20 * 1024 * 1024)
+MEDIA_UPLOAD_MAX_PIXELS = env.int("MEDIA_UPLOAD_MAX_PIXELS", default=50_000_000)
 
 # --- Security (production values follow DEBUG=False; see docs/operations.md) --
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -133,6 +139,13 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 # Broker and cache URLs carry passwords: keep them out of Django's error pages.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "taskcore.reporting.SecretSettingsFilter"
+
+# --- Reports (documented in reports/conf.py) ----------------------------------
+# Empty: exports/ beside MEDIA_ROOT (private; never under MEDIA_ROOT).
+REPORTS_EXPORT_ROOT = env_or("REPORTS_EXPORT_ROOT", "")
+REPORTS_EXPORT_TTL_SECONDS = env.int("REPORTS_EXPORT_TTL_SECONDS", default=7 * 24 * 3600)
+REPORTS_SITE_URL = env_or("REPORTS_SITE_URL", "")  # links in emails sent by the commands
+REPORTS_RECORD_TASK_RUNS = env.bool("REPORTS_RECORD_TASK_RUNS", default=True)
 
 # --- Email (development default: the local aiosmtpd server of start_celery.sh) -
 EMAIL_BACKEND = env_or("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
@@ -209,17 +222,21 @@ CELERY_VISIBILITY_TIMEOUT = env.int(
 _redis_transport_options = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "socket_keepalive": True,
-    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=10.0),
     "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
     "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL,
-    "retry_on_timeout": True,
+    # Not redis-py's retry on timeout for the broker: after a Redis restart the
+    # worker's event loop can wait on a pub/sub connection with nothing to read,
+    # and redis-py would reconnect and wait again, over and over (measured: a
+    # worker stuck for minutes in the R2 SIGKILL chaos test). A timeout must
+    # reach kombu, which rebuilds every broker connection (broker_connection_retry).
+    "retry_on_timeout": False,
     "max_connections": REDIS_MAX_CONNECTIONS,
     # How often the worker looks for messages of dead workers to restore.
     "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
     "unacked_restore_throttle": 1,
 }
-CELERY_BROKER_TRANSPORT_OPTIONS = _redis_transport_options
-CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+_result_backend_transport_options = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     # Reconnect to the result backend for ~2 s, not Celery's ~20 s, before
     # giving up: a web request must not hang on a Redis that is away.
@@ -230,6 +247,54 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
         "interval_max": 1,
     },
 }
+
+# Broker-specific options follow the URL's scheme (taskcore/brokers.py):
+# redis:// rediss://, sentinel://h1:26379;sentinel://h2:26379 (Redis behind
+# Sentinel), amqp:// pyamqp:// (RabbitMQ). See docs/scaling.md.
+from taskcore import brokers  # noqa: E402 - Django-free helper, imported where it is used
+
+BROKER_KIND = brokers.broker_kind(CELERY_BROKER_URL)
+# Sentinel: the monitored primary's name and the Sentinels' own password; the
+# primary's password is REDIS_PASSWORD (or the one in the URL).
+REDIS_SENTINEL_MASTER = env_or("REDIS_SENTINEL_MASTER", "mymaster")
+REDIS_SENTINEL_PASSWORD = env_or("REDIS_SENTINEL_PASSWORD", "")
+_sentinel_options: dict[str, object] = {"master_name": REDIS_SENTINEL_MASTER}
+if REDIS_SENTINEL_PASSWORD:
+    _sentinel_options["sentinel_kwargs"] = {"password": REDIS_SENTINEL_PASSWORD}
+# RabbitMQ closes a channel whose delivery stays unacknowledged longer than its
+# consumer_timeout (server setting, 1800 s by default) and redelivers the
+# message: state here what the server uses, the audit compares it with the
+# longest time limit (it must be longer, like the Redis visibility timeout).
+CELERY_RABBITMQ_CONSUMER_TIMEOUT = env.int("RABBITMQ_CONSUMER_TIMEOUT", default=1800)
+
+if BROKER_KIND == brokers.SENTINEL:
+    CELERY_BROKER_URL = brokers.with_password(CELERY_BROKER_URL, REDIS_PASSWORD)
+    if os.environ.get("CELERY_BROKER_URL"):
+        # Celery reads this variable itself, over the setting: keep the two equal.
+        os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS = {**_redis_transport_options, **_sentinel_options}
+elif BROKER_KIND == brokers.AMQP:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Publisher confirms: publish() returns once RabbitMQ has the message
+        # (for quorum queues: a majority of replicas); a nack raises.
+        "confirm_publish": True,
+    }
+    # Topic exchanges: Celery's native delayed delivery (countdown, ETA, retry
+    # backoff on quorum queues) cannot route through direct exchanges.
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+    if not os.environ.get("CELERY_RESULT_BACKEND"):
+        # RabbitMQ is no result backend; results (and the cache) stay on Redis.
+        CELERY_RESULT_BACKEND = REDIS_URL
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = _redis_transport_options
+
+if brokers.broker_kind(CELERY_RESULT_BACKEND) == brokers.SENTINEL:
+    CELERY_RESULT_BACKEND = brokers.with_password(CELERY_RESULT_BACKEND, REDIS_PASSWORD)
+    if os.environ.get("CELERY_RESULT_BACKEND"):
+        os.environ["CELERY_RESULT_BACKEND"] = CELERY_RESULT_BACKEND
+    _result_backend_transport_options.update(_sentinel_options)
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _result_backend_transport_options
 CELERY_REDIS_SOCKET_KEEPALIVE = True
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT
@@ -267,7 +332,7 @@ CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=24 * 3600)
 CELERY_RESULT_EXTENDED = True
 
 # Queues and routing, derived from the queue table.
-CELERY_TASK_QUEUES = queues.kombu_queues()
+CELERY_TASK_QUEUES = queues.kombu_queues(CELERY_BROKER_URL)
 CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT_QUEUE
 CELERY_TASK_DEFAULT_EXCHANGE = queues.DEFAULT_QUEUE
 CELERY_TASK_DEFAULT_ROUTING_KEY = queues.DEFAULT_QUEUE
@@ -278,7 +343,8 @@ CELERY_TASK_ANNOTATIONS = (queues.QueueTableAnnotations(),)
 # Extra task modules beyond each app's tasks.py (the tests add taskcore.testing.tasks).
 CELERY_IMPORTS = tuple(env.list("CELERY_EXTRA_TASK_MODULES", default=[]))
 
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# DatabaseScheduler + a Redis lock (one beat at a time) and a heartbeat (celery_health: beat).
+CELERY_BEAT_SCHEDULER = "taskcore.beat_liveness:LivenessScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Logging -----------------------------------------------------------------

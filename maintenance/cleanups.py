@@ -153,7 +153,8 @@ CLEANUPS: dict[str, Callable[[CleanupReport], None]] = {
     "expired_task_results": expired_task_results,
     "old_log_files": old_log_files,
     "expired_exports": _optional("reports.services", "delete_expired_exports"),
-    "media_orphans": _optional("media.services", "delete_orphans"),
+    "media_orphans": _optional("media.cleanup", "delete_orphans"),
+    "old_task_runs": _optional("reports.services", "delete_old_task_runs"),
 }
 
 

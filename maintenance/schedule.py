@@ -39,6 +39,20 @@ DEFAULT_ENTRIES: tuple[Entry, ...] = (
         every_seconds=60,
     ),
     Entry(
+        "dashboard: collect sample",
+        "dashboard.tasks.collect_sample",
+        "maintenance",
+        expire_seconds=10,
+        every_seconds=10,
+    ),
+    Entry(
+        "media: fail stale uploads",
+        "media.tasks.fail_stale_uploads",
+        "media",
+        expire_seconds=300,
+        every_seconds=600,
+    ),
+    Entry(
         "outbox relay",
         "taskcore.tasks.relay_outbox",
         "default",

@@ -1,3 +1,11 @@
-"""URLs of the media app (mounted by admin_backend/urls.py)."""
+"""URLs of the media app (mounted by admin_backend/urls.py under media-files/)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+app_name = "media"
+
+urlpatterns = [
+    path("renditions/<uuid:key>/<slug:name>/", views.rendition, name="rendition"),
+]

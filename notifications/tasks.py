@@ -1,10 +1,22 @@
-"""Email queue tasks: thin wrappers over notifications.services."""
+"""Email queue tasks: thin wrappers over notifications.services and .delivery.
+
+Each takes ids and primitives, checks them, calls one service and maps the
+outcome to "retry later" or "fail for good". Transient errors (connection lost,
+SMTP 4xx for the whole batch, database away) retry through the base task.
+"""
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
 
-from . import services
+from celery import shared_task, signals
+
+from admin_backend import queues
+from taskcore.base import PermanentError, TransientError, backoff_delay
+
+from . import conf, delivery, services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="notifications.tasks.send_email_message")
@@ -13,3 +25,90 @@ def send_email_message(
 ) -> dict:
     """Send one email; SMTP 4xx and lost connections retry, 5xx and bad addresses fail."""
     return services.send_message(recipients, subject, text_body, html_body)
+
+
+@shared_task(name="notifications.tasks.start_campaign")
+def start_campaign(campaign_id: int) -> int:
+    """Create a campaign's deliveries and publish its batch tasks."""
+    return services.start_campaign(_positive_int(campaign_id, "campaign_id"))
+
+
+@shared_task(name="notifications.tasks.resume_stalled_deliveries")
+def resume_stalled_deliveries() -> int:
+    """Publish again what a dead worker or a down broker left pending (run it every few minutes)."""
+    return services.resume_stalled_deliveries()
+
+
+BATCH_TASK_NAME = "notifications.tasks.send_delivery_batch"
+_BATCH_QUEUE = queues.spec_for_task(BATCH_TASK_NAME)
+
+
+# The time limits are pinned here (from the queue table) and not left to the
+# annotations alone: a claim older than the hard limit is taken over by other
+# tasks (conf.stale_claim_seconds), which is only safe if the limit is enforced.
+@shared_task(
+    bind=True,
+    name=BATCH_TASK_NAME,
+    time_limit=_BATCH_QUEUE.time_limit,
+    soft_time_limit=_BATCH_QUEUE.soft_time_limit,
+)
+def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
+    """Send up to EMAIL_BATCH_SIZE deliveries over one SMTP connection.
+
+    Recipients the server deferred (4xx) are retried by this same task, with the
+    queue's backoff, for them alone; after the queue's ``max_retries`` they fail
+    with the server's last answer.
+    """
+    delivery_ids = _delivery_ids(delivery_ids)
+    outcome = delivery.deliver_batch(delivery_ids, claim_token=self.request.id)
+    if outcome.deferred:
+        if self.request.retries < self.max_retries:
+            spec = queues.spec_for_task(self.name)
+            countdown = backoff_delay(
+                self.request.retries, base=spec.retry_backoff_base, cap=spec.retry_backoff_cap
+            )
+            reason = TransientError(
+                f"{len(outcome.deferred)} recipient(s) deferred, last answer: "
+                f"{outcome.last_deferral}"
+            )
+            raise self.retry(args=[outcome.deferred], countdown=countdown, exc=reason)
+        delivery.give_up(
+            outcome.deferred,
+            self.request.id,
+            f"gave up after {self.request.retries + 1} attempts; last answer: "
+            f"{outcome.last_deferral}",
+        )
+    return outcome.summary()
+
+
+@signals.task_failure.connect
+def fail_deliveries_of_a_failed_batch(sender=None, task_id=None, exception=None, args=None, **kw):
+    """A batch that fails for good takes its unsent deliveries with it, visibly.
+
+    Runs for a permanent error, for exhausted retries and for a hard time limit
+    (Celery sends this signal from the worker's main process then), so no
+    delivery stays "queued" or "sending" for ever after its task has ended.
+    """
+    if getattr(sender, "name", None) != send_delivery_batch.name or not args:
+        return
+    try:
+        delivery_ids = _delivery_ids(args[0])
+    except PermanentError:
+        return
+    reason = f"batch task failed: {type(exception).__name__}: {exception}"
+    count = delivery.give_up(delivery_ids, task_id or "", reason)
+    logger.warning("batch %s failed; %d delivery(ies) marked failed: %s", task_id, count, reason)
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PermanentError(f"{what} must be a positive integer id, got {value!r}")
+    return value
+
+
+def _delivery_ids(values) -> list[int]:
+    if not isinstance(values, list) or not values:
+        raise PermanentError(f"delivery_ids must be a non-empty list of ids, got {values!r}"[:300])
+    if len(values) > conf.MAX_BATCH_SIZE:
+        raise PermanentError(f"{len(values)} delivery ids; at most {conf.MAX_BATCH_SIZE} per batch")
+    return [_positive_int(value, "each delivery id") for value in values]

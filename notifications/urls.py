@@ -1,3 +1,11 @@
-"""URLs of the notifications app (mounted by admin_backend/urls.py)."""
+"""URLs of the notifications app (mounted under /notifications/ by admin_backend/urls.py)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+app_name = "notifications"
+
+urlpatterns = [
+    path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
+]

@@ -118,6 +118,14 @@ class BaseTask(Task):
                 else spec.retry_backoff_base,
                 cap=self.backoff_cap if self.backoff_cap is not None else spec.retry_backoff_cap,
             )
+            # RabbitMQ quorum queues: native delayed delivery counts whole seconds and
+            # kombu raises for 0 < countdown < 1 (the retry would be rejected and lost).
+            if 0 < countdown < 1 and str(self.app.conf.broker_url).split(":", 1)[0] in (
+                "amqp",
+                "amqps",
+                "pyamqp",
+            ):
+                countdown = 1
             # retry() raises Retry, or re-raises exc once max_retries is reached.
             raise self.retry(exc=exc, countdown=countdown) from exc
 

@@ -12,6 +12,9 @@ fails, the periodic work just stops. So the scheduler below
   step; a beat that finds its lock taken by another stops;
 - releases the lock when it stops, so a restart does not wait for the TTL.
 
+Both keys live in the broker's Redis (the primary, behind Sentinel), or in the
+result backend's Redis when the broker is RabbitMQ.
+
 ``celery_health`` reads the heartbeat (check ``beat``): warning past
 ``BEAT_HEARTBEAT_WARNING`` seconds, critical past ``BEAT_HEARTBEAT_CRITICAL``.
 The PID file is celery beat's own ``--pidfile`` (it refuses a second beat on
@@ -33,11 +36,12 @@ import uuid
 from django_celery_beat.schedulers import DatabaseScheduler
 
 from taskcore.health import conf
-from taskcore.health.connections import broker_redis
+from taskcore.health.connections import liveness_redis
 
 HEARTBEAT_KEY = "admin_backend:beat:heartbeat"
 LOCK_KEY = "admin_backend:beat:lock"
 EXIT_LOCK_HELD = os.EX_TEMPFAIL  # 75: try again later
+_PROCESS_STARTED = time.time()  # (about) when this process started: module import
 
 logger = logging.getLogger("taskcore.beat_liveness")
 
@@ -103,6 +107,19 @@ def _pid_alive(pid) -> bool:
     return True
 
 
+def _crashed_on_this_host(holder: dict, identity: dict) -> bool:
+    """A lock holder on this host that is gone without releasing the lock.
+
+    Its PID no longer runs, or it is our own PID from before this process started
+    (a restarted container gives beat the same PID again).
+    """
+    if holder.get("host") != identity["host"]:
+        return False
+    if holder.get("pid") == identity["pid"]:
+        return float(holder.get("started_at") or 0) < _PROCESS_STARTED
+    return not _pid_alive(holder.get("pid"))
+
+
 def read_heartbeat(client) -> dict | None:
     """The last heartbeat (``ts``, ``pid``, ``host``, ``instance``, ``started_at``) or None."""
     return _decode(client.get(HEARTBEAT_KEY))
@@ -138,7 +155,7 @@ class BeatLiveness:
     @classmethod
     def for_app(cls, app) -> BeatLiveness:
         return cls(
-            broker_redis(app, timeout=5.0),
+            liveness_redis(app, timeout=5.0),
             interval=conf.number("BEAT_HEARTBEAT_INTERVAL"),
             ttl=conf.number("BEAT_LOCK_TTL"),
         )
@@ -154,11 +171,7 @@ class BeatLiveness:
             return
         raw = self.client.get(LOCK_KEY)
         holder = _decode(raw)
-        crashed_here = (
-            holder is not None
-            and holder.get("host") == self.identity["host"]
-            and not _pid_alive(holder.get("pid"))
-        )
+        crashed_here = holder is not None and _crashed_on_this_host(holder, self.identity)
         if crashed_here and self.client.eval(
             _TAKE_OVER, 1, LOCK_KEY, raw, self.lock_value, self.ttl_ms
         ):

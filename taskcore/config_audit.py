@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from admin_backend import queues
+from taskcore.brokers import AMQP, REDIS, SENTINEL, broker_kind
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ def audit(conf) -> list[ConfigProblem]:
     transport_options = conf.broker_transport_options or {}
     visibility_timeout = transport_options.get("visibility_timeout", 3600)
 
-    if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+    kind = broker_kind(broker_url)
+    if kind in (REDIS, SENTINEL):
         longest_limit = queues.longest_time_limit()
         if visibility_timeout <= longest_limit:
             problems.append(
@@ -50,6 +52,18 @@ def audit(conf) -> list[ConfigProblem]:
                     "raise CELERY_VISIBILITY_TIMEOUT or lower retry_backoff_cap",
                 )
             )
+
+    if kind == SENTINEL and not transport_options.get("master_name"):
+        problems.append(
+            ConfigProblem(
+                "sentinel_without_master_name",
+                "critical",
+                "the broker is a sentinel:// URL but no master name is configured",
+                "set REDIS_SENTINEL_MASTER (the name the Sentinels monitor)",
+            )
+        )
+    if kind == AMQP:
+        problems.extend(_rabbitmq_problems(conf, transport_options))
 
     accepted = set(conf.accept_content or ())
     if accepted - {"json", "application/json"}:
@@ -89,6 +103,51 @@ def audit(conf) -> list[ConfigProblem]:
                 "task_create_missing_queues is on: a typo in a queue name creates a queue "
                 "no worker consumes",
                 "set CELERY_TASK_CREATE_MISSING_QUEUES = False",
+            )
+        )
+    return problems
+
+
+def _rabbitmq_problems(conf, transport_options) -> list[ConfigProblem]:
+    """RabbitMQ has no visibility timeout; its consumer_timeout plays that part."""
+    problems = []
+    longest_limit = queues.longest_time_limit()
+    consumer_timeout = int(conf.get("rabbitmq_consumer_timeout") or 1800)
+    if consumer_timeout <= longest_limit:
+        problems.append(
+            ConfigProblem(
+                "consumer_timeout_vs_time_limit",
+                "warning",
+                f"RabbitMQ consumer_timeout {consumer_timeout}s (RABBITMQ_CONSUMER_TIMEOUT, the "
+                f"server's setting) is not longer than the longest task time limit "
+                f"{longest_limit}s: RabbitMQ would close the channel of a long task and deliver "
+                "it again",
+                "set consumer_timeout in rabbitmq.conf (milliseconds) above the longest "
+                "time_limit, e.g. 3600000, and RABBITMQ_CONSUMER_TIMEOUT to match",
+            )
+        )
+    if not transport_options.get("confirm_publish"):
+        problems.append(
+            ConfigProblem(
+                "no_publisher_confirms",
+                "warning",
+                "publisher confirms are off: a message RabbitMQ drops while publishing is lost "
+                "without an error",
+                "set confirm_publish in CELERY_BROKER_TRANSPORT_OPTIONS",
+            )
+        )
+    classic = sorted(
+        queue.name
+        for queue in (conf.task_queues or ())
+        if (queue.queue_arguments or {}).get("x-queue-type") != "quorum"
+    )
+    if classic:
+        problems.append(
+            ConfigProblem(
+                "classic_queues",
+                "warning",
+                f"queues {classic} are not quorum queues: they live on one RabbitMQ node",
+                "derive CELERY_TASK_QUEUES from admin_backend.queues.kombu_queues()",
             )
         )
     return problems

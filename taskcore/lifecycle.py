@@ -4,6 +4,11 @@ Kept cheap on purpose: one dictionary write at start and one pop at the end of
 each task, one log line per transition. Task lines go to the
 ``celery.lifecycle.task`` logger (``logs/celery_tasks.log``), worker lines to
 ``celery.lifecycle.worker`` (``logs/celery.log``).
+
+``CELERY_TASK_LIFECYCLE_LOG=0`` leaves out the three lines every successful
+task writes (received, started, finished): for very high task rates, where each
+line costs more than the task (see docs/benchmarks.md, B1). Retries, failures,
+rejections and revocations are always logged.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ worker_log = logging.getLogger("celery.lifecycle.worker")
 task_log = logging.getLogger("celery.lifecycle.task")
 
 _started_at: dict[str, float] = {}
+
+LIFECYCLE_LOG = os.environ.get("CELERY_TASK_LIFECYCLE_LOG", "1").lower() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+)
 
 
 def _ids(task=None, request=None, task_id=None):
@@ -113,8 +125,9 @@ def on_worker_setup(sender=None, instance=None, conf=None, **kwargs):
 # --- tasks -------------------------------------------------------------------
 
 
-@signals.task_received.connect
 def on_task_received(request=None, **kwargs):
+    if not task_log.isEnabledFor(logging.INFO):
+        return
     task_log.info(
         "task received: eta=%s retries=%s",
         getattr(request, "eta", None),
@@ -123,19 +136,21 @@ def on_task_received(request=None, **kwargs):
     )
 
 
-@signals.task_prerun.connect
 def on_task_prerun(task_id=None, task=None, **kwargs):
     _started_at[task_id] = time.perf_counter()
+    if not task_log.isEnabledFor(logging.INFO):
+        return
     task_log.info(
         "task started: retries=%s", task.request.retries, extra=_ids(task, task_id=task_id)
     )
 
 
-@signals.task_postrun.connect
 def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
     started = _started_at.pop(task_id, None)
-    runtime = time.perf_counter() - started if started is not None else float("nan")
     level = logging.INFO if state == "SUCCESS" else logging.WARNING
+    if not task_log.isEnabledFor(level):
+        return
+    runtime = time.perf_counter() - started if started is not None else float("nan")
     task_log.log(
         level,
         "task finished: state=%s runtime=%.3fs",
@@ -143,6 +158,12 @@ def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
         runtime,
         extra=_ids(task, task_id=task_id),
     )
+
+
+if LIFECYCLE_LOG:
+    signals.task_received.connect(on_task_received)
+    signals.task_prerun.connect(on_task_prerun)
+    signals.task_postrun.connect(on_task_postrun)
 
 
 @signals.task_retry.connect

@@ -158,3 +158,55 @@ def test_a_real_beat_sends_scheduled_tasks_that_a_worker_runs(
     assert "Sending due task test: health every second" in beat.output()
     assert PeriodicTask.objects.get(name="test: health every second").total_run_count >= 2
     assert worker.output().count("succeeded in") >= 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_media_orphans_cleanup_removes_only_unreferenced_old_files(start_worker):
+    from django.core.files.base import ContentFile
+
+    from media import conf as media_conf
+    from media.models import Rendition, Upload
+
+    storage = media_conf.originals_storage()
+    kept = Upload.objects.create(
+        file=ContentFile(b"jpeg bytes", name="photo.jpg"),
+        original_name="photo.jpg",
+        status=Upload.Status.READY,
+    )
+    gone = Upload.objects.create(
+        file=ContentFile(b"jpeg bytes", name="gone.jpg"),
+        original_name="gone.jpg",
+        status=Upload.Status.READY,
+    )
+    storage.delete(gone.file.name)
+    Rendition.objects.create(
+        upload=kept,
+        name="thumb",
+        file=f"{kept.renditions_dir}/thumb.jpg",
+        format="JPEG",
+        width=1,
+        height=1,
+        size_bytes=1,
+    )
+    old_orphan = storage.save(f"{media_conf.ORIGINALS_PREFIX}/orphan-old.jpg", ContentFile(b"x"))
+    new_orphan = storage.save(f"{media_conf.ORIGINALS_PREFIX}/orphan-new.jpg", ContentFile(b"x"))
+    two_hours_ago = time.time() - 7200
+    for name in (old_orphan, kept.file.name):
+        os.utime(storage.path(name), (two_hours_ago, two_hours_ago))
+    Upload.objects.filter(pk=gone.pk).update(updated_at=timezone.now() - timedelta(hours=2))
+
+    start_worker(["maintenance"])
+    first = run_cleanup.delay("media_orphans").get(timeout=30)["removed"]
+    assert first == {
+        "orphan_originals": 1,
+        "orphan_renditions": 0,
+        "rendition_records_without_file": 1,
+        "uploads_without_original": 1,
+    }
+    again = run_cleanup.delay("media_orphans").get(timeout=30)["removed"]
+    assert set(again.values()) == {0}
+    assert not storage.exists(old_orphan)
+    assert storage.exists(new_orphan) and storage.exists(kept.file.name)  # young or referenced
+    assert Upload.objects.get(pk=gone.pk).status == Upload.Status.FAILED
+    assert Upload.objects.get(pk=kept.pk).status == Upload.Status.READY
+    assert not Rendition.objects.exists()

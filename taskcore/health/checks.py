@@ -55,6 +55,24 @@ def human_bytes(count: float) -> str:
 # --- connectivity --------------------------------------------------------------
 def check_broker(ctx: HealthContext) -> CheckResult:
     url = mask_url(broker_url(ctx.app))
+    if ctx.amqp:
+        try:
+            server = ctx.amqp_server()
+        except Exception as exc:
+            return critical(
+                "broker",
+                f"RabbitMQ broker at {url} does not answer: {exc}",
+                "start RabbitMQ or fix CELERY_BROKER_URL (user, password, virtual host); "
+                "check the RabbitMQ log and the network between this host and RabbitMQ",
+            )
+        rtt = round(server["connect_ms"], 3)
+        return ok(
+            "broker",
+            f"{server['product']} {server['version']} at {url} accepts a connection in "
+            f"{rtt:.1f} ms",
+            latency_ms=rtt,
+            data={"url": url, "kind": ctx.kind, "version": server["version"], "rtt_ms": rtt},
+        )
     try:
         rtt = ctx.broker_ping_ms()
         version = ctx.redis_info().get("redis_version", "?")
@@ -62,14 +80,24 @@ def check_broker(ctx: HealthContext) -> CheckResult:
         return critical(
             "broker",
             f"Redis broker at {url} does not answer: {exc}",
-            "start Redis or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT / REDIS_PASSWORD; "
-            "check the Redis log and the network between this host and Redis",
+            "start Redis or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT / REDIS_PASSWORD"
+            " (Sentinel: the Sentinels, REDIS_SENTINEL_MASTER); check the Redis log and the "
+            "network between this host and Redis",
         )
+    via = " (primary found through Sentinel)" if ctx.kind == "sentinel" else ""
     return ok(
         "broker",
-        f"Redis {version} at {url} answers in {rtt:.1f} ms",
+        f"Redis {version} at {url}{via} answers in {rtt:.1f} ms",
         latency_ms=round(rtt, 3),
-        data={"url": url, "version": version, "rtt_ms": round(rtt, 3)},
+        data={"url": url, "kind": ctx.kind, "version": version, "rtt_ms": round(rtt, 3)},
+    )
+
+
+def _not_on_rabbitmq(name: str) -> CheckResult:
+    return ok(
+        name,
+        "not applicable: the broker is RabbitMQ, queued messages are not kept in Redis",
+        data={"applicable": False},
     )
 
 
@@ -212,7 +240,9 @@ def check_workers(ctx: HealthContext) -> CheckResult:
     )
 
 
-def _queue_result(spec, depth, consumers: list[str] | None, latency: float) -> CheckResult:
+def _queue_result(
+    spec, depth, consumers: list[str] | None, latency: float, ages: bool = True
+) -> CheckResult:
     name = f"queue.{spec.name}"
     age = depth.oldest_age
     data = {
@@ -228,7 +258,10 @@ def _queue_result(spec, depth, consumers: list[str] | None, latency: float) -> C
     }
     waiting = f"{depth.depth} waiting"
     if depth.depth:
-        waiting += f", oldest {human_age(age)}" if age is not None else ", age unknown"
+        if age is not None:
+            waiting += f", oldest {human_age(age)}"
+        else:
+            waiting += ", age unknown" if ages else " (RabbitMQ: ages not readable)"
     if len(depth.by_priority) > 1 or any(step for step in depth.by_priority):
         waiting += (
             " (by priority: "
@@ -310,19 +343,23 @@ def check_queues(ctx: HealthContext) -> list[CheckResult]:
         consumers = ctx.census().consumers
     except Exception:
         consumers = None
-    return [
-        _queue_result(
-            spec,
-            snapshot.queues[spec.name],
-            None if consumers is None else consumers.get(spec.name, []),
-            latency,
+    results = []
+    for spec in QUEUES:
+        holders = None if consumers is None else consumers.get(spec.name, [])
+        counted = (snapshot.consumers or {}).get(spec.name)
+        if holders is None and counted is not None:
+            # RabbitMQ counts consumers itself: use that when the workers did not answer.
+            holders = [f"consumer {number + 1}" for number in range(counted)]
+        results.append(
+            _queue_result(spec, snapshot.queues[spec.name], holders, latency, snapshot.ages)
         )
-        for spec in QUEUES
-    ]
+    return results
 
 
 # --- Redis ---------------------------------------------------------------------
 def check_eviction_policy(ctx: HealthContext) -> CheckResult:
+    if ctx.amqp:
+        return _not_on_rabbitmq("redis.eviction")
     info = ctx.redis_info()
     policy = info.get("maxmemory_policy", "?")
     data = {"maxmemory_policy": policy}
@@ -339,6 +376,8 @@ def check_eviction_policy(ctx: HealthContext) -> CheckResult:
 
 
 def check_persistence(ctx: HealthContext) -> CheckResult:
+    if ctx.amqp:
+        return _not_on_rabbitmq("redis.persistence")
     info = ctx.redis_info()
     aof = bool(int(info.get("aof_enabled", 0)))
     save = ctx.redis_config("save")
@@ -384,6 +423,8 @@ def check_persistence(ctx: HealthContext) -> CheckResult:
 
 
 def check_redis_memory(ctx: HealthContext) -> CheckResult:
+    if ctx.amqp:
+        return _not_on_rabbitmq("redis.memory")
     info = ctx.redis_info()
     used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
     data = {
@@ -412,6 +453,8 @@ def check_redis_memory(ctx: HealthContext) -> CheckResult:
 
 
 def check_redis_clients(ctx: HealthContext) -> CheckResult:
+    if ctx.amqp:
+        return _not_on_rabbitmq("redis.clients")
     info = ctx.redis_info()
     connected = int(info.get("connected_clients", 0))
     blocked = int(info.get("blocked_clients", 0))
@@ -446,6 +489,8 @@ def check_redis_clients(ctx: HealthContext) -> CheckResult:
 
 
 def check_redis_server(ctx: HealthContext) -> CheckResult:
+    if ctx.amqp:
+        return _not_on_rabbitmq("redis.server")
     info = ctx.redis_info()
     keyspace = {
         key: {"keys": value.get("keys"), "expires": value.get("expires")}
@@ -508,7 +553,7 @@ def check_beat(ctx: HealthContext) -> CheckResult:
     warn_after = conf.number("BEAT_HEARTBEAT_WARNING")
     critical_after = conf.number("BEAT_HEARTBEAT_CRITICAL")
     try:
-        client = ctx.broker()
+        client = ctx.liveness()
         heartbeat = read_heartbeat(client)
         holder, lock_ttl = read_lock(client)
     except Exception as exc:
@@ -726,14 +771,14 @@ def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
     sent: dict[str, tuple[str, float]] = {}
     results = []
     for spec in QUEUES:
-        sent_at = time.time()
+        sending = time.perf_counter()
         result = health_check_task.apply_async(
-            kwargs={"sent_at": sent_at},
+            kwargs={"sent_at": time.time()},
             queue=spec.name,
             # Never run late: a probe left in an unconsumed queue is dropped when it expires.
             expires=budget,
         )
-        sent[result.id] = (spec.name, time.perf_counter())
+        sent[result.id] = (spec.name, sending)
         results.append(result)
     answered: dict[str, tuple[float, object]] = {}
 
@@ -741,7 +786,9 @@ def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
         answered[task_id] = (time.perf_counter(), value)
 
     try:
-        ResultSet(results).join_native(timeout=budget, callback=on_result, propagate=False)
+        ResultSet(results).join_native(
+            timeout=budget, callback=on_result, propagate=False, interval=0.01
+        )
     except ResultTimeout:
         pass
     except Exception as exc:

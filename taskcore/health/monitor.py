@@ -15,10 +15,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from admin_backend.queues import QUEUE_NAMES, queue_for_task
+from admin_backend.queues import queue_for_task
 
-from .connections import broker_redis
-from .redis_queues import RedisLayout, read_queues
 from .workers import broadcast
 
 COUNTED = ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
@@ -266,8 +264,9 @@ def worker_snapshot(app, stats: EventStats, timeout: float) -> tuple[list[dict],
 
 
 def queue_snapshot(app, timeout: float) -> dict:
-    layout = RedisLayout.from_transport_options(app.conf.broker_transport_options)
-    snapshot = read_queues(broker_redis(app, timeout), QUEUE_NAMES, layout)
+    from .context import HealthContext
+
+    snapshot = HealthContext(app, timeout).queues()
     return {
         "queues": {name: depth.as_dict() for name, depth in snapshot.queues.items()},
         "unacked": snapshot.unacked,

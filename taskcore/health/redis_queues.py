@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from bisect import bisect
 from dataclasses import dataclass, field
 
 from kombu.transport.redis import PRIORITY_STEPS, Channel
@@ -51,8 +50,12 @@ class QueueDepth:
 @dataclass
 class BrokerQueues:
     queues: dict[str, QueueDepth]
-    # Messages delivered to workers and not yet acknowledged (all queues).
-    unacked: int
+    # Messages delivered to workers and not yet acknowledged (all queues); None: unknown.
+    unacked: int | None
+    # Consumers per queue when the broker counts them (RabbitMQ); None on Redis.
+    consumers: dict[str, int | None] | None = None
+    # Whether message ages can be read (Redis: yes; RabbitMQ: not without consuming).
+    ages: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,10 @@ class RedisLayout:
             unacked_key=options.get("unacked_key", Channel.unacked_key),
         )
 
-    def _step(self, priority: int) -> int:
-        steps = self.priority_steps
-        return steps[bisect(steps, priority) - 1]
-
     def keys(self, queue: str) -> list[tuple[int, str]]:
         """``(priority step, key)`` for every list of ``queue`` (kombu's ``_q_for_pri``)."""
         keys = []
         for step in self.priority_steps:
-            step = self._step(step)
             name = f"{queue}{self.sep}{step}" if step else queue
             keys.append((step, self.global_keyprefix + name))
         return keys

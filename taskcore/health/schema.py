@@ -11,7 +11,7 @@ CHECK = {
     "required": ["name", "status", "latency_ms", "detail", "remedy", "data"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": r"^[a-z_]+(\.[a-z_]+)?$"},
+        "name": {"type": "string", "pattern": r"^[a-z0-9_]+(\.[a-z0-9_-]+)?$"},
         "status": STATUS,
         "latency_ms": {"type": ["number", "null"], "minimum": 0},
         "detail": {"type": "string", "minLength": 1},

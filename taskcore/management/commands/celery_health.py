@@ -69,9 +69,9 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"unknown checks: {', '.join(unknown)}", returncode=2)
         if options["interval"] <= 0:
-            raise CommandError("--interval must be positive")
+            raise CommandError("--interval must be positive", returncode=2)
         if options["timeout"] is not None and options["timeout"] <= 0:
-            raise CommandError("--timeout must be positive")
+            raise CommandError("--timeout must be positive", returncode=2)
         groups = ["core"]
         if options["check_redis"]:
             groups.append("redis")

@@ -37,6 +37,10 @@ from taskcore.health.workers import worker_census
 from taskcore.secrets import mask_text
 
 
+def _count(value) -> str:
+    return "?" if value is None else str(value)
+
+
 def _seconds(value) -> str:
     return "-" if value is None else (f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s")
 
@@ -176,7 +180,8 @@ class Command(BaseCommand):
                 ("Celery monitor", "bold"),
                 f"  broker {snapshot['broker']}; events over the last {snapshot['window_s']:g}s "
                 f"({snapshot['events']['events_seen']} seen since start); "
-                f"{snapshot['unacked']} messages in flight; {snapshot['generated_at'][:19]}Z",
+                f"{_count(snapshot['unacked'])} messages in flight; "
+                f"{snapshot['generated_at'][:19]}Z",
             )
         ]
         parts += [Text(f"note: {notice}", style="yellow") for notice in snapshot["notices"]]

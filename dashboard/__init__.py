@@ -1,0 +1,1 @@
+"""Operations dashboard: one admin page for queues, workers, failures and latency."""

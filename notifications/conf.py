@@ -1,0 +1,84 @@
+"""Settings of the email app, from Django settings or else the environment.
+
+Django's own ``EMAIL_*`` settings (host, port, TLS, user, password, default
+from address) are read by ``admin_backend/settings.py``; these are the ones
+only this app uses. Each is read when used, so a test's ``settings`` fixture
+or a worker's environment can change it.
+"""
+
+from __future__ import annotations
+
+import os
+from email.utils import parseaddr
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from admin_backend import queues
+
+# Recipients per batch task: all share one SMTP connection. Larger batches mean
+# fewer tasks and connections; smaller ones spread a campaign over more workers
+# and lose less progress when a worker dies.
+DEFAULT_BATCH_SIZE = 100
+MAX_BATCH_SIZE = 1_000
+# A notification is a personal message to a few people, not a mailing.
+MAX_NOTIFICATION_RECIPIENTS = 50
+
+
+def _value(name: str) -> str | None:
+    value = getattr(settings, name, None)
+    if value in (None, ""):
+        value = os.environ.get(name) or None
+    return None if value is None else str(value)
+
+
+def batch_size() -> int:
+    raw = _value("EMAIL_BATCH_SIZE")
+    if raw is None:
+        return DEFAULT_BATCH_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"EMAIL_BATCH_SIZE must be a whole number, got {raw!r}"
+        ) from None
+    if not 1 <= size <= MAX_BATCH_SIZE:
+        raise ImproperlyConfigured(f"EMAIL_BATCH_SIZE must be 1..{MAX_BATCH_SIZE}, got {size}")
+    return size
+
+
+def site_url() -> str:
+    """Base of the links put in mail (unsubscribe), e.g. ``https://admin.au-vlp.org``."""
+    return (_value("EMAIL_SITE_URL") or "http://127.0.0.1:8000").rstrip("/")
+
+
+def unsubscribe_mailto() -> str:
+    """Optional address for ``List-Unsubscribe: <mailto:...>``; empty: the link only."""
+    from .addresses import EmailInputError, clean_address
+
+    address = _value("EMAIL_UNSUBSCRIBE_MAILTO")
+    if not address:
+        return ""
+    try:
+        return clean_address(address)
+    except EmailInputError as exc:
+        raise ImproperlyConfigured(f"EMAIL_UNSUBSCRIBE_MAILTO: {exc}") from None
+
+
+def message_id_domain() -> str:
+    """Right-hand side of the Message-IDs we assign: the sender's domain."""
+    configured = _value("EMAIL_MESSAGE_ID_DOMAIN")
+    if configured:
+        return configured
+    _name, address = parseaddr(settings.DEFAULT_FROM_EMAIL)
+    return address.rpartition("@")[2] or "au-vlp.local"
+
+
+def stale_claim_seconds() -> int:
+    """After this long a claim ("sending") can only belong to a dead task.
+
+    The email queue's hard time limit kills any task that runs longer, so a
+    claim older than it may be taken over without risking two live senders.
+    """
+    # notifications.tasks pins this limit on the batch task.
+    return queues.spec_for_task("notifications.tasks.send_delivery_batch").time_limit + 30

@@ -1,0 +1,275 @@
+"""Sending a batch of deliveries over one SMTP connection, each recipient once.
+
+The protocol, per batch (``claim_token`` is the batch task's id, which stays the
+same when the broker redelivers the message or Celery retries the task):
+
+1. Claim: one UPDATE turns the batch's sendable deliveries into ``sending``
+   with our token. Sendable: ``queued``/``deferred``, our own earlier claim (a
+   previous run of this task that died), or a claim older than the email
+   queue's hard time limit (its task is certainly dead). Anything ``sent``,
+   ``failed``, ``skipped`` or claimed by a live task is left alone.
+2. Reconcile: claimed deliveries that a dead earlier run already sent (their
+   key in ``sentlog``) are marked sent, not sent again.
+3. Send the rest on the one connection. When the server accepts a message its
+   key goes to ``sentlog`` at once; outcomes (``sent``; ``deferred`` for a 4xx
+   answer, which the task retries later; ``failed`` with the server's reason
+   for 5xx) are committed to the database together, at the end of the batch
+   and every ``FLUSH_SECONDS``.
+4. If the connection breaks, the outcomes so far are committed, the unsent
+   claims released, and the error goes up: the base task retries the batch,
+   and only what was not sent goes again.
+
+What a crash can still do: between the server's "250 accepted" and the
+``sentlog`` write (well under a millisecond) is the only place where a
+redelivered batch sends a message again. The copy carries the same Message-ID,
+so the receiving side can tell. A crash anywhere else resends nothing that was
+accepted and loses nothing that was claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.core.mail import get_connection
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from taskcore.base import TransientError
+
+from . import conf, sentlog
+from .addresses import EmailInputError
+from .composing import MessageComposer
+from .models import Campaign, Delivery, Unsubscribe
+
+logger = logging.getLogger(__name__)
+Status = Delivery.Status
+
+# Answers that concern this one message; the connection stays usable after them
+# (smtplib sends RSET before raising).
+PER_MESSAGE_ANSWERS = (
+    smtplib.SMTPRecipientsRefused,
+    smtplib.SMTPSenderRefused,
+    smtplib.SMTPDataError,
+)
+# Commit outcomes at least this often, so the admin's progress moves on a slow server.
+FLUSH_SECONDS = 2.0
+
+
+@dataclass
+class BatchOutcome:
+    sent: list[int] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    # Already finished, or claimed by another live task.
+    not_claimed: int = 0
+    last_deferral: str = ""
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "sent": len(self.sent),
+            "deferred": len(self.deferred),
+            "failed": len(self.failed),
+            "skipped": len(self.skipped),
+            "not_claimed": self.not_claimed,
+        }
+
+
+@dataclass
+class _Result:
+    delivery_id: int
+    status: str
+    code: int | None = None
+    error: str = ""
+
+
+def smtp_answer(exc: Exception) -> tuple[int, str]:
+    """The SMTP code and the server's text of a refusal, e.g. ``(550, "550 5.1.1 ...")``."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code, text = next(iter(exc.recipients.values()))
+    else:
+        code, text = exc.smtp_code, exc.smtp_error
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return code, f"{code} {text}".strip()
+
+
+def claim(delivery_ids: list[int], claim_token: str) -> list[Delivery]:
+    """Take the sendable deliveries among ``delivery_ids``; return them in id order."""
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=conf.stale_claim_seconds())
+    sendable = (
+        Q(status__in=(Status.QUEUED, Status.DEFERRED))
+        | Q(status=Status.SENDING, claimed_by=claim_token)
+        | Q(status=Status.SENDING, claimed_at__lt=stale_before)
+    )
+    # One UPDATE ... WHERE: two tasks racing for a delivery cannot both win it.
+    Delivery.objects.filter(sendable, pk__in=delivery_ids).update(
+        status=Status.SENDING,
+        claimed_by=claim_token,
+        claimed_at=now,
+        attempts=F("attempts") + 1,
+        updated_at=now,
+    )
+    claimed = Delivery.objects.filter(
+        pk__in=delivery_ids, status=Status.SENDING, claimed_by=claim_token
+    ).select_related("campaign", "notification")
+    return list(claimed.order_by("pk"))
+
+
+def deliver_batch(delivery_ids: list[int], claim_token: str) -> BatchOutcome:
+    """Send the batch's deliveries that are still to be sent (see the module docstring)."""
+    outcome = BatchOutcome()
+    deliveries = claim(delivery_ids, claim_token)
+    outcome.not_claimed = len(set(delivery_ids)) - len(deliveries)
+    sent_before = sentlog.sent_among([d.pk for d in deliveries])
+    if sent_before:
+        logger.info(
+            "%d delivery(ies) were sent by an earlier run: not sent again", len(sent_before)
+        )
+        _commit([_Result(pk, Status.SENT, 250) for pk in sorted(sent_before)], claim_token, outcome)
+    to_send = [d for d in deliveries if d.pk not in sent_before]
+    if to_send:
+        _send_claimed(to_send, claim_token, outcome)
+    finish_campaigns({d.campaign_id for d in deliveries if d.campaign_id})
+    return outcome
+
+
+def _send_claimed(deliveries: list[Delivery], claim_token: str, outcome: BatchOutcome) -> None:
+    unsubscribed = Unsubscribe.among(d.email for d in deliveries if d.campaign_id)
+    composer = MessageComposer()
+    pending = deque(deliveries)
+    results: list[_Result] = []
+    last_flush = time.monotonic()
+    try:
+        connection = get_connection(fail_silently=False)
+        connection.open()
+        try:
+            while pending:
+                delivery = pending[0]
+                result = _send_one(delivery, connection, composer, unsubscribed)
+                results.append(result)
+                pending.popleft()
+                if result.status == Status.SENT:
+                    sentlog.note_sent(delivery.pk)
+                if time.monotonic() - last_flush > FLUSH_SECONDS:
+                    _commit(results, claim_token, outcome)
+                    results, last_flush = [], time.monotonic()
+        finally:
+            _close_quietly(connection)
+        _commit(results, claim_token, outcome)
+    except BaseException as exc:
+        # The connection, Redis or the database failed, or the soft time limit
+        # came: keep what is known, hand back what is unsent, let the task retry.
+        try:
+            _commit(results, claim_token, outcome)
+            release([d.pk for d in pending], claim_token)
+        except Exception:
+            logger.exception("could not record the batch's outcomes; the next run will")
+        if isinstance(exc, SoftTimeLimitExceeded):
+            raise TransientError(
+                f"soft time limit reached with {len(pending)} of {len(deliveries)} recipients "
+                "left unsent; they are retried"
+            ) from None
+        raise
+
+
+def _send_one(delivery, connection, composer, unsubscribed) -> _Result:
+    if delivery.campaign_id and delivery.email in unsubscribed:
+        return _Result(delivery.pk, Status.SKIPPED, error="unsubscribed")
+    try:
+        message = composer.compose(delivery, connection)
+        connection.send_messages([message])
+    except EmailInputError as exc:
+        return _Result(delivery.pk, Status.FAILED, error=str(exc))
+    except PER_MESSAGE_ANSWERS as exc:
+        code, answer = smtp_answer(exc)
+        status = Status.DEFERRED if 400 <= code < 500 else Status.FAILED
+        return _Result(delivery.pk, status, code, answer)
+    except (ValueError, smtplib.SMTPNotSupportedError) as exc:
+        # Refused by Django or smtplib while building the message: nothing went out.
+        return _Result(delivery.pk, Status.FAILED, error=f"message not sendable: {exc}")
+    return _Result(delivery.pk, Status.SENT, 250)
+
+
+def _close_quietly(connection) -> None:
+    # Every outcome is known by now; a failing QUIT changes nothing.
+    try:
+        connection.close()
+    except (smtplib.SMTPException, OSError) as exc:
+        logger.debug("closing the SMTP connection failed: %s", exc)
+
+
+def _commit(results: list[_Result], claim_token: str, outcome: BatchOutcome) -> None:
+    """Write outcomes in one transaction: all ``sent`` in one UPDATE, the rest one by one."""
+    if not results:
+        return
+    now = timezone.now()
+    sent = [r.delivery_id for r in results if r.status == Status.SENT]
+    others = [r for r in results if r.status != Status.SENT]
+    ours = Delivery.objects.filter(status=Status.SENDING, claimed_by=claim_token)
+    with transaction.atomic():
+        if sent:
+            ours.filter(pk__in=sent).update(
+                status=Status.SENT, smtp_code=250, error="", sent_at=now, updated_at=now
+            )
+        for result in others:
+            ours.filter(pk=result.delivery_id).update(
+                status=result.status,
+                smtp_code=result.code,
+                error=result.error[:2000],
+                updated_at=now,
+            )
+    sentlog.forget(sent)
+    for result in results:
+        getattr(outcome, result.status).append(result.delivery_id)
+        if result.status == Status.DEFERRED:
+            outcome.last_deferral = result.error
+    results.clear()
+
+
+def release(delivery_ids: list[int], claim_token: str) -> None:
+    """Hand claimed, unsent deliveries back: ``queued`` again, for the retry or anyone."""
+    if delivery_ids:
+        Delivery.objects.filter(
+            pk__in=delivery_ids, status=Status.SENDING, claimed_by=claim_token
+        ).update(status=Status.QUEUED, claimed_by="", claimed_at=None, updated_at=timezone.now())
+
+
+def give_up(delivery_ids: list[int], claim_token: str, reason: str) -> int:
+    """Mark the batch's unfinished deliveries failed (its task failed for good)."""
+    now = timezone.now()
+    unfinished = Q(status__in=(Status.QUEUED, Status.DEFERRED)) | Q(
+        status=Status.SENDING, claimed_by=claim_token
+    )
+    deliveries = Delivery.objects.filter(unfinished, pk__in=delivery_ids)
+    campaign_ids = set(deliveries.exclude(campaign=None).values_list("campaign_id", flat=True))
+    # What a run did send before it died is sent, whatever came after.
+    sent_before = sentlog.sent_among(list(delivery_ids))
+    with transaction.atomic():
+        deliveries.filter(pk__in=sent_before).update(
+            status=Status.SENT, smtp_code=250, error="", sent_at=now, updated_at=now
+        )
+        count = deliveries.exclude(pk__in=sent_before).update(
+            status=Status.FAILED, error=reason[:2000], updated_at=now
+        )
+    sentlog.forget(list(sent_before))
+    finish_campaigns(campaign_ids)
+    return count
+
+
+def finish_campaigns(campaign_ids) -> None:
+    """Mark each campaign done once none of its deliveries is pending."""
+    for campaign_id in campaign_ids:
+        pending = Delivery.objects.filter(campaign_id=campaign_id, status__in=Delivery.PENDING)
+        if not pending.exists():
+            Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
+                status=Campaign.Status.DONE, finished_at=timezone.now()
+            )

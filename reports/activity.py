@@ -1,0 +1,271 @@
+"""Task runs: recorded from Celery's signals, summed up in the task-activity report.
+
+Recording costs one INSERT per task execution, in the process that ran it:
+
+- ``task_prerun`` notes the start time (a dictionary write);
+- ``task_postrun`` writes the row: success, failure or retry alike (Celery sends
+  it after every execution, with the final state);
+- ``task_failure`` / ``task_retry`` sent by the worker's *main* process (a hard
+  time limit, a lost child) have no postrun: they write the row themselves.
+  Sent inside the child, they only note the exception type for postrun.
+
+``REPORTS_RECORD_TASK_RUNS = False`` switches recording off. A failure to record
+is logged and never affects the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+from celery import signals
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from admin_backend import queues
+
+from . import conf
+
+logger = logging.getLogger(__name__)
+
+_started: dict[str, float] = {}
+_exceptions: dict[str, str] = {}
+
+
+def _queue_of(task, name: str) -> str:
+    request = getattr(task, "request", None)
+    delivery = getattr(request, "delivery_info", None) or {}
+    return delivery.get("routing_key") or queues.queue_for_task(name)
+
+
+def record_run(*, task_id, task_name, queue, state, runtime, retries, exception="") -> None:
+    from .models import TaskRun
+
+    known = {choice.value for choice in TaskRun.State}
+    try:
+        TaskRun.objects.create(
+            task_id=str(task_id or "")[:255],
+            task_name=str(task_name or "?")[:255],
+            queue=str(queue or "")[:100],
+            state=state if state in known else TaskRun.State.OTHER,
+            runtime=runtime if runtime is not None and math.isfinite(runtime) else None,
+            retries=int(retries or 0),
+            exception=str(exception or "")[:255],
+            finished_at=timezone.now(),
+        )
+    except Exception:  # recording must never break a task
+        logger.warning("could not record task run of %s[%s]", task_name, task_id, exc_info=True)
+
+
+@signals.task_prerun.connect(dispatch_uid="reports.task_run.prerun")
+def on_task_prerun(task_id=None, **kwargs):
+    if conf.record_task_runs() and task_id:
+        _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect(dispatch_uid="reports.task_run.postrun")
+def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
+    started = _started.pop(task_id, None)
+    exception = _exceptions.pop(task_id, "")
+    if started is None or not conf.record_task_runs():
+        return
+    name = getattr(task, "name", None) or "?"
+    record_run(
+        task_id=task_id,
+        task_name=name,
+        queue=_queue_of(task, name),
+        state=state,
+        runtime=time.perf_counter() - started,
+        retries=getattr(getattr(task, "request", None), "retries", 0),
+        exception=exception,
+    )
+
+
+def _record_outside_postrun(task, task_id, state, exception) -> None:
+    if task_id in _started:
+        # Running here: postrun follows and writes the row.
+        _exceptions[task_id] = exception
+        return
+    if not conf.record_task_runs():
+        return
+    name = getattr(task, "name", None) or "?"
+    record_run(
+        task_id=task_id,
+        task_name=name,
+        queue=_queue_of(task, name),
+        state=state,
+        runtime=None,
+        retries=getattr(getattr(task, "request", None), "retries", 0),
+        exception=exception,
+    )
+
+
+@signals.task_failure.connect(dispatch_uid="reports.task_run.failure")
+def on_task_failure(sender=None, task_id=None, exception=None, **kwargs):
+    _record_outside_postrun(sender, task_id, "FAILURE", type(exception).__name__)
+
+
+@signals.task_retry.connect(dispatch_uid="reports.task_run.retry")
+def on_task_retry(sender=None, request=None, reason=None, **kwargs):
+    task_id = getattr(request, "id", None)
+    cause = getattr(reason, "exc", None) or reason
+    _record_outside_postrun(sender, task_id, "RETRY", type(cause).__name__)
+
+
+# --- the task-activity report --------------------------------------------------
+
+BASE_COLUMNS = [
+    "queue",
+    "task",
+    "runs",
+    "succeeded",
+    "failed",
+    "retried",
+]
+RUNTIME_COLUMNS = ["median_runtime_s", "p95_runtime_s", "max_runtime_s", "last_finished_at"]
+
+
+def dead_letter_model():
+    """taskcore's DeadLetter model when it exists, else None (the column is left out)."""
+    from django.apps import apps
+
+    if not apps.is_installed("taskcore"):
+        return None
+    try:
+        from taskcore.models import DeadLetter
+    except ImportError:
+        return None
+    return DeadLetter
+
+
+def report_columns() -> list[str]:
+    extra = ["dead_letters"] if dead_letter_model() is not None else []
+    return [*BASE_COLUMNS, *extra, *RUNTIME_COLUMNS]
+
+
+def report_kinds() -> list[str]:
+    from . import writers
+
+    kinds = {
+        "queue": writers.TEXT,
+        "task": writers.TEXT,
+        "median_runtime_s": writers.FLOAT,
+        "p95_runtime_s": writers.FLOAT,
+        "max_runtime_s": writers.FLOAT,
+        "last_finished_at": writers.DATETIME,
+    }
+    return [kinds.get(column, writers.INTEGER) for column in report_columns()]
+
+
+def _quantile_positions(count: int, q: float) -> tuple[int, int, float]:
+    """Linear interpolation between order statistics (numpy's default, 'inclusive')."""
+    position = (count - 1) * q
+    low = math.floor(position)
+    return low, min(low + 1, count - 1), position - low
+
+
+def _dead_letter_counts(since: datetime, until: datetime) -> dict[tuple[str, str], int]:
+    """Tasks that failed for good (``taskcore.models.DeadLetter``) last seen in the period."""
+    model = dead_letter_model()
+    if model is None:
+        return {}
+    grouped = (
+        model._default_manager.filter(last_seen__gte=since, last_seen__lt=until)
+        .values("queue", "task_name")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return {(row["queue"] or "", row["task_name"]): row["n"] for row in grouped}
+
+
+def task_activity_rows(
+    since: datetime, until: datetime, *, chunk_size: int = 5000
+) -> tuple[int, Iterator[tuple]]:
+    """(number of rows, rows) of the report for runs finished in [since, until).
+
+    Counts come from one GROUP BY; the median and 95th percentile from one pass
+    over the runtimes sorted by the database, keeping only the few order
+    statistics each group needs: memory stays flat however many runs there are.
+    """
+    from .models import TaskRun
+
+    period = TaskRun.objects.filter(finished_at__gte=since, finished_at__lt=until)
+    groups = list(
+        period.values("queue", "task_name")
+        .annotate(
+            runs=Count("pk"),
+            succeeded=Count("pk", filter=Q(state=TaskRun.State.SUCCESS)),
+            failed=Count("pk", filter=Q(state=TaskRun.State.FAILURE)),
+            retried=Count("pk", filter=Q(state=TaskRun.State.RETRY)),
+            timed=Count("runtime"),
+            max_runtime=Max("runtime"),
+            last=Max("finished_at"),
+        )
+        .order_by("queue", "task_name")
+    )
+    dead_letters = _dead_letter_counts(since, until)
+    with_dead_letters = dead_letter_model() is not None
+    keys = {(g["queue"], g["task_name"]) for g in groups}
+    for key in dead_letters:  # failed for good without a recorded run in the period
+        if key not in keys:
+            groups.append(
+                {"queue": key[0], "task_name": key[1], "runs": 0, "succeeded": 0, "failed": 0}
+                | {"retried": 0, "timed": 0, "max_runtime": None, "last": None}
+            )
+    groups.sort(key=lambda g: (g["queue"], g["task_name"]))
+
+    # Which order statistics each group needs: {key: {index: value}}.
+    wanted: dict[tuple[str, str], dict[int, float | None]] = {}
+    for group in groups:
+        if group["timed"]:
+            needed = {}
+            for q in (0.5, 0.95):
+                low, high, _ = _quantile_positions(group["timed"], q)
+                needed[low] = needed[high] = None
+            wanted[(group["queue"], group["task_name"])] = needed
+
+    def rows() -> Iterator[tuple]:
+        current, index = None, 0
+        runtimes = (
+            period.filter(runtime__isnull=False)
+            .order_by("queue", "task_name", "runtime")
+            .values_list("queue", "task_name", "runtime")
+            .iterator(chunk_size=chunk_size)
+        )
+        for queue, task_name, runtime in runtimes:
+            key = (queue, task_name)
+            if key != current:
+                current, index = key, 0
+            needed = wanted.get(key)
+            if needed is not None and index in needed:
+                needed[index] = runtime
+            index += 1
+        for group in groups:
+            key = (group["queue"], group["task_name"])
+            stats: list = []
+            for q in (0.5, 0.95):
+                if group["timed"]:
+                    low, high, fraction = _quantile_positions(group["timed"], q)
+                    values = wanted[key]
+                    stats.append(round(values[low] + (values[high] - values[low]) * fraction, 6))
+                else:
+                    stats.append(None)
+            row = [
+                group["queue"],
+                group["task_name"],
+                group["runs"],
+                group["succeeded"],
+                group["failed"],
+                group["retried"],
+            ]
+            if with_dead_letters:
+                row.append(dead_letters.get(key, 0))
+            max_runtime = group["max_runtime"]
+            row += [*stats, round(max_runtime, 6) if max_runtime is not None else None]
+            row.append(group["last"])
+            yield tuple(row)
+
+    return len(groups), rows()

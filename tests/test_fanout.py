@@ -1,0 +1,48 @@
+"""Bulk fan-out: every task published by publish_many runs, exactly as delay() would send it."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from taskcore.fanout import publish_many
+from taskcore.tasks import debug_task
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_fanned_out_task_runs_on_a_real_worker(start_worker):
+    start_worker(["default"], concurrency=2)
+    messages = [f"batch-{i}" for i in range(200)]
+
+    results = publish_many(debug_task, [(message,) for message in messages])
+
+    assert len(results) == len(messages)
+    assert len({result.id for result in results}) == len(messages)
+    done = [result.get(timeout=60) for result in results]
+    assert [item["message"] for item in done] == messages
+    assert {item["queue"] for item in done} == {"default"}
+    assert [item["task_id"] for item in done] == [result.id for result in results]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_shared_kwargs_and_options_reach_every_task(start_worker):
+    start_worker(["maintenance"], concurrency=1)
+
+    results = publish_many(
+        debug_task, [("a",), ("b",), ("c",)], kwargs={"sleep": 0}, queue="maintenance"
+    )
+
+    done = [result.get(timeout=30) for result in results]
+    assert [item["message"] for item in done] == ["a", "b", "c"]
+    assert {item["queue"] for item in done} == {"maintenance"}
+
+
+def test_nothing_to_publish_sends_nothing():
+    assert publish_many(debug_task, []) == []
+
+
+@pytest.mark.django_db
+def test_model_instances_are_still_refused():
+    user = get_user_model()(pk=7, username="ada")
+    with pytest.raises(TypeError, match="not model instances"):
+        publish_many(debug_task, [(user,)])

@@ -1,0 +1,98 @@
+"""Flower with deploy/flowerconfig.py: authentication required, state persisted, health-checked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+import pytest
+
+from taskcore.testing.redis_server import free_port
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def http_status(url: str, auth: str | None = None) -> int | None:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def flower_config(tmp_path) -> Path:
+    """The config outside the checkout, so a developer's .env does not feed it."""
+    (tmp_path / "deploy").mkdir()
+    return Path(shutil.copy(BASE_DIR / "deploy" / "flowerconfig.py", tmp_path / "deploy"))
+
+
+def flower(config: Path, port: int, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "admin_backend", "flower",
+         f"--conf={config}", f"--port={port}"],
+        cwd=BASE_DIR,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def health_of_flower(url: str) -> tuple[int, str]:
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "celery_health", "--only", "flower", "--format", "summary"],
+        cwd=BASE_DIR, env={**os.environ, "FLOWER_URL": url}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    return completed.returncode, completed.stdout
+
+
+def test_flower_refuses_to_start_without_authentication(flower_config):
+    process = flower(flower_config, free_port(), {})
+    output, _ = process.communicate(timeout=60)
+
+    assert process.returncode == 78
+    assert "set FLOWER_BASIC_AUTH=user:password" in output
+
+
+def test_flower_requires_auth_persists_state_and_is_health_checked(flower_config, tmp_path):
+    port = free_port()
+    health_url = f"http://127.0.0.1:{port}/healthcheck"
+    db = tmp_path / "flower-state" / "flower.db"
+    process = flower(
+        flower_config, port, {"FLOWER_BASIC_AUTH": "ops:fl0wer-pw", "FLOWER_DB": str(db)}
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while http_status(health_url) != 200:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "Flower did not come up"
+            time.sleep(0.2)
+
+        assert http_status(f"http://127.0.0.1:{port}/") == 401
+        assert http_status(f"http://127.0.0.1:{port}/", auth="ops:wrong") == 401
+        assert http_status(f"http://127.0.0.1:{port}/", auth="ops:fl0wer-pw") == 200
+        code, summary = health_of_flower(health_url)
+        assert code == 0, summary
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+
+    assert list(db.parent.glob("flower.db*")), "state is written at shutdown"
+    assert "fl0wer-pw" not in output
+    code, summary = health_of_flower(health_url)
+    assert code == 1
+    assert summary.startswith("WARNING") and "Flower does not answer" in summary

@@ -1,0 +1,149 @@
+"""HTTP health endpoints and /metrics through Django's test client, against the run's Redis."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from admin_backend.queues import QUEUE_NAMES
+from taskcore import views
+from taskcore.health.redis_queues import RedisLayout
+from taskcore.health.schema import REPORT_SCHEMA
+from taskcore.testing.redis_server import free_port
+
+
+@pytest.fixture(autouse=True)
+def fresh_reports(monkeypatch, test_redis):
+    monkeypatch.setenv("FLOWER_URL", "off")
+    monkeypatch.setenv("HEALTH_HTTP_CACHE_SECONDS", "0")
+    monkeypatch.setenv("HEALTH_BROADCAST_TIMEOUT", "5")  # a loaded machine answers slowly
+    views.clear_cache()
+    client = test_redis.client()
+    keys = [key for name in QUEUE_NAMES for _, key in RedisLayout().keys(name)]
+    client.delete(*keys)
+    yield
+    client.delete(*keys)
+    views.clear_cache()
+
+
+@pytest.fixture
+def broker_down(monkeypatch):
+    """Point this process's Celery app at a Redis that is not there (with a password).
+
+    Celery reads CELERY_BROKER_URL from the environment before its configuration.
+    """
+    monkeypatch.setenv("CELERY_BROKER_URL", f"redis://:http-s3cret@127.0.0.1:{free_port()}/0")
+
+
+def metrics_of(body: str) -> dict:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def test_liveness_answers_without_touching_any_dependency(client, broker_down):
+    response = client.get("/health/live")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readiness_checks_database_cache_and_broker(client):
+    response = client.get("/health/ready")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"broker", "database", "cache"}
+    for check in body["checks"].values():
+        assert set(check) == {"status", "latency_ms"}  # nothing else for anonymous callers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readiness_is_503_when_the_broker_is_down_and_shows_no_secret(client, broker_down):
+    response = client.get("/health/ready")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"]["status"] == "critical"
+    assert b"http-s3cret" not in response.content
+    assert b"127.0.0.1" not in response.content  # no hosts for anonymous callers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_full_health_is_503_on_critical_and_details_only_for_staff(client, app, django_user_model):
+    app.send_task("media.tasks.inspect_image", args=[0])  # waits: no worker in this test
+
+    anonymous = client.get("/health/?detail=1")
+
+    assert anonymous.status_code == 503
+    body = anonymous.json()
+    assert body["status"] == "critical"
+    assert body["checks"]["queue.media"] == {
+        "status": "critical",
+        "latency_ms": body["checks"]["queue.media"]["latency_ms"],
+    }
+    assert "detail" not in json.dumps(body)
+
+    staff = django_user_model.objects.create_user("ops", password="x", is_staff=True)
+    client.force_login(staff)
+    detailed = client.get("/health/?detail=1")
+
+    assert detailed.status_code == 503
+    jsonschema.validate(detailed.json(), REPORT_SCHEMA)
+    media = next(c for c in detailed.json()["checks"] if c["name"] == "queue.media")
+    assert "no worker consumes media" in media["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_expose_queue_depth_age_and_consumers(client, app, start_worker):
+    worker = start_worker(["default"])
+    app.send_task("media.tasks.inspect_image", args=[0])
+    app.send_task("media.tasks.inspect_image", args=[1], priority=9)
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = metrics_of(response.content.decode())
+    assert samples[("admin_backend_queue_depth", (("queue", "media"),))] == 2
+    assert samples[("admin_backend_queue_oldest_message_age_seconds", (("queue", "media"),))] > 0
+    assert samples[("admin_backend_queue_consumers", (("queue", "media"),))] == 0
+    assert samples[("admin_backend_queue_consumers", (("queue", "default"),))] == 1
+    assert samples[("admin_backend_queue_depth", (("queue", "default"),))] == 0
+    assert samples[("admin_backend_workers", ())] == 1
+    assert samples[("admin_backend_dead_letters", ())] == 0
+    assert samples[("admin_backend_outbox_backlog", ())] == 0
+    assert samples[("admin_backend_health_status", (("check", "queue.media"),))] == 2
+    assert ("admin_backend_redis_used_memory_bytes", ()) in samples
+    assert worker.hostname.encode() not in response.content  # names of hosts stay out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_token_when_configured(client, monkeypatch):
+    monkeypatch.setenv("HEALTH_METRICS_TOKEN", "tok-123")
+
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer tok-123").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_probe_middleware_answers_probes_addressed_by_ip(settings):
+    """An orchestrator probes http://<pod ip>:8000/health/ready: not in ALLOWED_HOSTS."""
+    probe = {"HTTP_HOST": "10.1.2.3:8000"}
+    assert Client().get("/health/live", **probe).status_code == 400  # DisallowedHost
+
+    settings.MIDDLEWARE = ["taskcore.health.middleware.HealthProbeMiddleware", *settings.MIDDLEWARE]
+    client = Client()  # a client builds its middleware chain once
+
+    assert client.get("/health/live", **probe).status_code == 200
+    assert client.get("/health/ready", **probe).status_code == 200
+    assert client.get("/health/", **probe).status_code == 400  # the full report is not a probe

@@ -1,0 +1,356 @@
+"""Redis Sentinel: configuration from sentinel:// URLs, and R6 (failover under load).
+
+Each test that needs servers starts its own: a primary, a replica and three
+Sentinels from the bundled ``redis-server`` binary (``--sentinel``), on free
+ports, with their data in the test's directory, passwords on both the Redis
+servers and the Sentinels. R6 kills the primary with SIGKILL while 10,000 tasks
+published through the outbox are being worked, and measures failover time,
+tasks lost and duplicates absorbed (docs/reliability.md, R6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from taskcore.models import DeadLetter, EffectClaim, OutboxMessage
+from taskcore.testing.redis_server import free_port, redis_server_binary
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+FIGURES_FILE = PROJECT_DIR / "var" / "chaos-figures.json"
+EFFECT_TASK = "taskcore.testing.record_effect"
+MASTER = "au-vlp-primary"
+REDIS_PASSWORD = "redis-secret-1"
+SENTINEL_PASSWORD = "sentinel-secret-2"
+CHAOS_SETTINGS = {
+    "CELERY_TIME_LIMIT_CAP": "10",
+    "CELERY_VISIBILITY_TIMEOUT": "15",
+    "CELERY_UNACKED_RESTORE_INTERVAL": "1",
+    "CELERY_MAX_DELIVERIES": "3",
+    "CELERY_LOG_LEVEL": "WARNING",
+}
+
+
+def record_figures(name: str, figures: dict) -> None:
+    FIGURES_FILE.parent.mkdir(exist_ok=True)
+    existing = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.exists() else {}
+    existing[name] = figures
+    FIGURES_FILE.write_text(json.dumps(existing, indent=2, sort_keys=True))
+    print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), file=sys.__stdout__)
+
+
+def wait_until(condition, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    value = condition()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = condition()
+    return value
+
+
+class SentinelCluster:
+    """A primary, a replica and three Sentinels, all ours."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.primary_port = free_port()
+        self.replica_port = free_port()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        data = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        auth = ["--requirepass", REDIS_PASSWORD, "--masterauth", REDIS_PASSWORD]
+        self._server("primary", self.primary_port, *data, *auth)
+        replica_of = ["--replicaof", "127.0.0.1", str(self.primary_port)]
+        self._server("replica", self.replica_port, *data, *auth, *replica_of)
+        for number, port in enumerate(self.sentinel_ports):
+            self._sentinel(number, port)
+        wait_until(lambda: self._replica_in_sync(), timeout=15)
+        wait_until(lambda: self._sentinels_agree(), timeout=20)
+
+    def _server(self, name: str, port: int, *args: str) -> None:
+        data_dir = self.directory / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.processes[name] = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data_dir),
+                "--save",
+                "",
+                "--logfile",
+                str(data_dir / "redis.log"),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def _sentinel(self, number: int, port: int) -> None:
+        data_dir = self.directory / f"sentinel-{number}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = data_dir / "sentinel.conf"
+        config.write_text(
+            f"port {port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {data_dir}\n"
+            f"logfile {data_dir / 'sentinel.log'}\n"
+            f"requirepass {SENTINEL_PASSWORD}\n"
+            f"sentinel sentinel-pass {SENTINEL_PASSWORD}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel auth-pass {MASTER} {REDIS_PASSWORD}\n"
+            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+            f"sentinel failover-timeout {MASTER} 10000\n"
+            f"sentinel parallel-syncs {MASTER} 1\n"
+        )
+        self.processes[f"sentinel-{number}"] = subprocess.Popen(
+            [redis_server_binary(), str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def redis(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=REDIS_PASSWORD, socket_timeout=1)
+
+    def sentinel(self, number: int = 0) -> redis.Redis:
+        return redis.Redis(
+            port=self.sentinel_ports[number], password=SENTINEL_PASSWORD, socket_timeout=1
+        )
+
+    def _replica_in_sync(self) -> bool:
+        try:
+            info = self.redis(self.replica_port).info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("master_link_status") == "up"
+
+    def _sentinels_agree(self) -> bool:
+        try:
+            for number in range(3):
+                state = self.sentinel(number).sentinel_master(MASTER)
+                if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+                    return False
+        except (redis.RedisError, KeyError):
+            return False
+        return True
+
+    def master_port(self) -> int | None:
+        for number in range(3):
+            try:
+                _, port = self.sentinel(number).sentinel_get_master_addr_by_name(MASTER)
+                return int(port)
+            except (redis.RedisError, TypeError, ValueError):
+                continue
+        return None
+
+    def url(self, *, password: bool) -> str:
+        auth = f":{REDIS_PASSWORD}@" if password else ""
+        return ";".join(f"sentinel://{auth}127.0.0.1:{port}/0" for port in self.sentinel_ports)
+
+    def kill_primary(self) -> None:
+        self.processes["primary"].send_signal(signal.SIGKILL)
+        self.processes["primary"].wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def sentinel_cluster(test_work_dir, request):
+    cluster = SentinelCluster(test_work_dir / f"sentinel-{request.node.name}")
+    yield cluster
+    cluster.stop()
+
+
+class SentinelStack:
+    """Workers and a client on the cluster: broker and results through the Sentinels."""
+
+    def __init__(self, cluster, monkeypatch, worker_database_url):
+        self.cluster = cluster
+        # The worker gets URLs without the password: settings add REDIS_PASSWORD.
+        bare = cluster.url(password=False)
+        self.env = {
+            **CHAOS_SETTINGS,
+            "CELERY_BROKER_URL": bare,
+            "CELERY_RESULT_BACKEND": bare,
+            "REDIS_PASSWORD": REDIS_PASSWORD,
+            "REDIS_SENTINEL_MASTER": MASTER,
+            "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+            "DATABASE_URL": worker_database_url,
+        }
+        url = cluster.url(password=True)
+        # Celery's variables win over arguments: the client app must see them too.
+        monkeypatch.setenv("CELERY_BROKER_URL", url)
+        monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+        options = {"master_name": MASTER, "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
+        self.client = Celery("sentinel-client", broker=url, backend=url, set_as_current=False)
+        self.client.conf.broker_transport_options = {**options, "visibility_timeout": 15}
+        self.client.conf.result_backend_transport_options = options
+
+
+@pytest.fixture
+def sentinel_stack(sentinel_cluster, monkeypatch, worker_database_url):
+    return SentinelStack(sentinel_cluster, monkeypatch, worker_database_url)
+
+
+def test_sentinel_urls_configure_broker_and_result_backend():
+    """settings: master name, Sentinel password, Redis password added to each host."""
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0",
+        "CELERY_RESULT_BACKEND": "sentinel://10.0.0.1:26379/1;sentinel://10.0.0.2:26379/1",
+        "REDIS_PASSWORD": "p@ss",
+        "REDIS_SENTINEL_MASTER": "main",
+        "REDIS_SENTINEL_PASSWORD": "s3cret",
+    }
+    script = (
+        "import json, django; django.setup(); from admin_backend.celery import app; c = app.conf; "
+        "from taskcore.config_audit import audit; "
+        "print(json.dumps({'broker': c.broker_url, 'backend': c.result_backend, "
+        "'bto': c.broker_transport_options, 'rbto': c.result_backend_transport_options, "
+        "'audit': [p.code for p in audit(c)]}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=PROJECT_DIR, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    conf = json.loads(done.stdout.strip().splitlines()[-1])
+    assert conf["broker"] == (
+        "sentinel://:p%40ss@10.0.0.1:26379/0;sentinel://:p%40ss@10.0.0.2:26379/0"
+    )
+    assert conf["backend"].startswith("sentinel://:p%40ss@10.0.0.1:26379/1;")
+    for options in (conf["bto"], conf["rbto"]):
+        assert options["master_name"] == "main"
+        assert options["sentinel_kwargs"] == {"password": "s3cret"}
+    assert conf["bto"]["visibility_timeout"] > 1800
+    assert conf["audit"] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_runs_through_sentinel_and_its_result_comes_back(sentinel_stack, start_worker):
+    stack = sentinel_stack
+    start_worker(["default"], env=stack.env, client_app=stack.client)
+    result = stack.client.send_task(EFFECT_TASK, args=["through-sentinel"], queue="default")
+    assert result.get(timeout=20) is True
+    assert EffectClaim.objects.filter(scope="chaos", key="through-sentinel").exists()
+
+
+@pytest.mark.chaos
+@pytest.mark.django_db(transaction=True)
+def test_r6_sentinel_failover_under_load_loses_nothing(sentinel_stack, start_worker):
+    from taskcore import outbox
+
+    stack = sentinel_stack
+    cluster = stack.cluster
+    # CHAOS_R6_TOTAL: a smaller run to try the test out; R6 is recorded with 10,000.
+    total = int(os.environ.get("CHAOS_R6_TOTAL", "10000"))
+    from django.core.cache import cache
+
+    cache.delete("chaos:duplicates")
+    OutboxMessage.objects.bulk_create(
+        OutboxMessage(task_name=EFFECT_TASK, args=[f"r6-{n}"], kwargs={}, options={})
+        for n in range(total)
+    )
+    start_worker(["default"], concurrency=2, env=stack.env, client_app=stack.client)
+
+    relay_stats = {"published": 0, "failed": 0, "rounds": 0}
+    stop_relay = threading.Event()
+
+    def relay_loop():
+        # The relay as beat / `manage.py outbox relay` run it, in a tight loop.
+        from django.db import connection
+
+        try:
+            while not stop_relay.is_set():
+                counts = outbox.relay(app=stack.client)
+                relay_stats["published"] += counts["published"]
+                relay_stats["failed"] += counts["failed"]
+                relay_stats["rounds"] += 1
+                if not OutboxMessage.objects.filter(published_at__isnull=True).exists():
+                    return
+                time.sleep(0.2)
+        finally:
+            connection.close()
+
+    relay_thread = threading.Thread(target=relay_loop, daemon=True)
+    relay_thread.start()
+
+    kill = {}
+
+    def kill_primary_once(done: int) -> None:
+        if not kill and done >= total // 5:
+            kill["effects_before"] = done
+            kill["outbox_backlog"] = OutboxMessage.objects.filter(published_at__isnull=True).count()
+            kill["old_port"] = cluster.master_port()
+            kill["at"] = time.monotonic()
+            cluster.kill_primary()
+        elif kill and "promoted_s" not in kill:
+            port = cluster.master_port()
+            if port and port != kill["old_port"]:
+                kill["promoted_s"] = round(time.monotonic() - kill["at"], 2)
+        if kill and "resumed_s" not in kill and done > kill["effects_before"] + 10:
+            kill["resumed_s"] = round(time.monotonic() - kill["at"], 2)
+
+    deadline = time.monotonic() + int(os.environ.get("CHAOS_TIMEOUT", "900"))
+    effects = 0
+    while time.monotonic() < deadline:
+        effects = EffectClaim.objects.filter(scope="chaos").count()
+        kill_primary_once(effects)
+        if effects >= total:
+            break
+        time.sleep(0.1)
+    stop_relay.set()
+    relay_thread.join(30)
+
+    figures = {
+        "sent_via_outbox": total,
+        "still_queued_at_deadline": _queued(cluster),
+        "published": OutboxMessage.objects.filter(published_at__isnull=False).count(),
+        "effects": effects,
+        "lost": total - effects,
+        "dead_letters": DeadLetter.objects.count(),
+        "duplicates_absorbed": _duplicates(stack),
+        "killed_after_effects": kill.get("effects_before"),
+        "outbox_backlog_at_kill": kill.get("outbox_backlog"),
+        "failover_promoted_s": kill.get("promoted_s"),
+        "work_resumed_s": kill.get("resumed_s"),
+        "failed_publish_attempts": relay_stats["failed"],
+    }
+    record_figures("R6 sentinel-failover", figures)
+    assert kill and cluster.master_port() == cluster.replica_port
+    assert effects == total, figures
+
+
+def _queued(cluster) -> int | None:
+    port = cluster.master_port()
+    try:
+        return int(cluster.redis(port).llen("default")) if port else None
+    except redis.RedisError:
+        return None
+
+
+def _duplicates(stack) -> int:
+    # record_effect counts absorbed duplicates in Django's cache (the run's Redis).
+    from django.core.cache import cache
+
+    return int(cache.get("chaos:duplicates") or 0)

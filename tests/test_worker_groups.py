@@ -1,0 +1,118 @@
+"""Worker groups: disjoint queue sets on differently named nodes, independent of each other.
+
+Two groups of the queue table (``io``: default+email, ``ops``: maintenance) run
+as separate workers with their own hostnames. Stopping ``io`` leaves
+``maintenance`` flowing, the io queues keep their messages, and both the
+broker-agnostic reader (taskcore.brokers) and ``celery_health`` name exactly the
+queues left without consumers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from admin_backend import queues
+from admin_backend.worker_commands import for_group
+from taskcore import brokers
+from taskcore.models import EffectClaim
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+EFFECT_TASK = "taskcore.testing.record_effect"
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    value = condition()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = condition()
+    return value
+
+
+def effect_done(key: str) -> bool:
+    return EffectClaim.objects.filter(scope="chaos", key=key).exists()
+
+
+def group_queues(group: str) -> list[str]:
+    return list(for_group(group).queues)
+
+
+def health_consumers(db_env: dict) -> dict[str, int | None]:
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "celery_health", "--format", "json", "--only", "queues"],
+        cwd=BASE_DIR,
+        env={**os.environ, "FLOWER_URL": "off", **db_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(completed.stdout)
+    return {
+        check["name"].removeprefix("queue."): check["data"].get("consumers")
+        for check in report["checks"]
+        if check["name"].startswith("queue.")
+    }
+
+
+def test_two_groups_consume_disjoint_queues_and_one_survives_the_other(
+    app, start_worker, worker_database_url
+):
+    app.control.purge()
+    io_queues, ops_queues = group_queues("io"), group_queues("ops")
+    assert set(io_queues) == {"default", "email"} and ops_queues == ["maintenance"]
+    assert not set(io_queues) & set(ops_queues)
+
+    io = start_worker(io_queues, concurrency=1, name="io")
+    ops = start_worker(ops_queues, concurrency=1, name="ops")
+    assert io.hostname.startswith("io-") and ops.hostname.startswith("ops-")
+
+    # Each node consumes exactly its group's queues.
+    active = app.control.inspect(destination=[io.hostname, ops.hostname], timeout=2)
+    by_node = {
+        node: sorted(queue["name"] for queue in node_queues)
+        for node, node_queues in (active.active_queues() or {}).items()
+    }
+    assert by_node == {io.hostname: sorted(io_queues), ops.hostname: ops_queues}
+
+    reading = brokers.read_queues(app, timeout=2)
+    assert reading.consumers_source == "workers"
+    assert reading.without_consumers() == ["media", "reports"]
+
+    # Both groups work.
+    app.send_task(EFFECT_TASK, args=["groups-email-1"], queue="email", ignore_result=True)
+    app.send_task(EFFECT_TASK, args=["groups-ops-1"], queue="maintenance", ignore_result=True)
+    assert wait_until(lambda: effect_done("groups-email-1") and effect_done("groups-ops-1"), 30)
+
+    # Stop the io group: maintenance keeps flowing, email waits (nothing lost).
+    io.stop()
+    app.send_task(EFFECT_TASK, args=["groups-email-2"], queue="email", ignore_result=True)
+    app.send_task(EFFECT_TASK, args=["groups-ops-2"], queue="maintenance", ignore_result=True)
+    assert wait_until(lambda: effect_done("groups-ops-2"), 30)
+    assert not effect_done("groups-email-2")
+
+    reading = brokers.read_queues(app, timeout=2)
+    assert reading.queues["email"].messages == 1
+    assert reading.without_consumers() == ["default", "email", "media", "reports"]
+
+    # celery_health names exactly the queues without consumers.
+    consumers = health_consumers({"DATABASE_URL": worker_database_url})
+    assert set(consumers) == set(queues.QUEUE_NAMES)
+    assert sorted(name for name, count in consumers.items() if count == 0) == [
+        "default",
+        "email",
+        "media",
+        "reports",
+    ]
+
+    # The group comes back and finds its waiting work.
+    start_worker(io_queues, concurrency=1, name="io")
+    assert wait_until(lambda: effect_done("groups-email-2"), 30)
