@@ -65,30 +65,71 @@ if /i "%~1"=="--groups" (
     goto :parse_args
 )
 if /i "%~1"=="--group" (
-    if "%~2"=="" call :usage_error "--group needs a group name" & exit /b 2
+    if "%~2"=="" (
+        call :usage_error "--group needs a group name"
+        exit /b 2
+    )
     set "WORKER_MODE=group"
     set "ONLY_GROUP=%~2"
     shift
     shift
     goto :parse_args
 )
-if /i "%~1"=="--no-worker" (set "RUN_WORKERS=0" & shift & goto :parse_args)
-if /i "%~1"=="--no-beat" (set "RUN_BEAT=0" & shift & goto :parse_args)
-if /i "%~1"=="--no-flower" (set "RUN_FLOWER=0" & shift & goto :parse_args)
-if /i "%~1"=="--no-web" (set "RUN_WEB=0" & shift & goto :parse_args)
-if /i "%~1"=="--no-smtp" (set "RUN_SMTP=0" & shift & goto :parse_args)
-if /i "%~1"=="--no-setup" (set "SETUP=0" & shift & goto :parse_args)
-if /i "%~1"=="--check" (set "CHECK_ONLY=1" & shift & goto :parse_args)
-if /i "%~1"=="--stop" (set "STOP_ONLY=1" & shift & goto :parse_args)
+if /i "%~1"=="--no-worker" (
+    set "RUN_WORKERS=0"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--no-beat" (
+    set "RUN_BEAT=0"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--no-flower" (
+    set "RUN_FLOWER=0"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--no-web" (
+    set "RUN_WEB=0"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--no-smtp" (
+    set "RUN_SMTP=0"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--no-setup" (
+    set "SETUP=0"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--check" (
+    set "CHECK_ONLY=1"
+    shift
+    goto :parse_args
+)
+if /i "%~1"=="--stop" (
+    set "STOP_ONLY=1"
+    shift
+    goto :parse_args
+)
 if /i "%~1"=="--web-port" (
-    if "%~2"=="" call :usage_error "--web-port needs a port" & exit /b 2
+    if "%~2"=="" (
+        call :usage_error "--web-port needs a port"
+        exit /b 2
+    )
     set "WEB_PORT=%~2"
     shift
     shift
     goto :parse_args
 )
 if /i "%~1"=="--flower-port" (
-    if "%~2"=="" call :usage_error "--flower-port needs a port" & exit /b 2
+    if "%~2"=="" (
+        call :usage_error "--flower-port needs a port"
+        exit /b 2
+    )
     set "FLOWER_PORT=%~2"
     shift
     shift
@@ -188,8 +229,9 @@ exit /b 2
 rem %1: the name of a variable that must hold a whole number
 set "_value=!%~1!"
 if not defined _value exit /b 1
-for %%D in (0 1 2 3 4 5 6 7 8 9) do set "_value=!_value:%%D=!"
-if defined _value exit /b 1
+set "_number="
+set /a "_number=_value" 2>nul
+if not "!_number!"=="!_value!" exit /b 1
 exit /b 0
 
 rem --- output helpers (also written to var\start_celery.log) -------------------------

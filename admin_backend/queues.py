@@ -57,6 +57,13 @@ QUEUES: tuple[QueueSpec, ...] = (
         soft_time_limit=60,
         time_limit=90,
         worker_group="io",
+        # Measured (B1): threads 8 / prefetch 4 run short I/O tasks 2.4x faster than
+        # prefork 4 / prefetch 1 on 2 cores. Threads enforce no time limits and do
+        # not requeue at once on a crash: default and email tasks are short and bound
+        # by socket timeouts. The all-queues worker stays prefork, prefetch 1 (spec).
+        pool="threads",
+        concurrency=8,
+        prefetch_multiplier=4,
     ),
     QueueSpec(
         name="email",
@@ -68,7 +75,9 @@ QUEUES: tuple[QueueSpec, ...] = (
         max_retries=8,
         retry_backoff_cap=600,
         worker_group="io",
-        concurrency=4,
+        pool="threads",
+        concurrency=8,
+        prefetch_multiplier=4,
     ),
     QueueSpec(
         name="media",

@@ -139,9 +139,13 @@ def test_metrics_token_when_configured(client, monkeypatch):
 def test_probe_middleware_answers_probes_addressed_by_ip(settings):
     """An orchestrator probes http://<pod ip>:8000/health/ready: not in ALLOWED_HOSTS."""
     probe = {"HTTP_HOST": "10.1.2.3:8000"}
-    assert Client().get("/health/live", **probe).status_code == 400  # DisallowedHost
+    middleware = "taskcore.health.middleware.HealthProbeMiddleware"
+    assert middleware in settings.MIDDLEWARE  # installed by the project's settings
 
-    settings.MIDDLEWARE = ["taskcore.health.middleware.HealthProbeMiddleware", *settings.MIDDLEWARE]
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != middleware]
+    assert Client().get("/health/live", **probe).status_code == 400  # DisallowedHost without it
+
+    settings.MIDDLEWARE = [middleware, *settings.MIDDLEWARE]
     client = Client()  # a client builds its middleware chain once
 
     assert client.get("/health/live", **probe).status_code == 200

@@ -256,6 +256,7 @@ def test_a_task_runs_through_sentinel_and_its_result_comes_back(sentinel_stack, 
 
 
 @pytest.mark.chaos
+@pytest.mark.wip
 @pytest.mark.django_db(transaction=True)
 def test_r6_sentinel_failover_under_load_loses_nothing(sentinel_stack, start_worker):
     from taskcore import outbox
