@@ -374,19 +374,19 @@ if "%RUN_WORKERS%"=="1" (
 
 rem Redis
 if "%PF_BROKER_STATE%"=="up" (
-    call :ok "Redis answers at %PF_BROKER_SHOWN%"
+    call :ok "%PF_BROKER_NAME% answers at %PF_BROKER_SHOWN%"
 ) else if "%PF_BROKER_STATE%"=="auth" (
-    set "_msg=Redis at !PF_BROKER_SHOWN! refuses our credentials: !PF_BROKER_REASON!"
+    set "_msg=!PF_BROKER_NAME! at !PF_BROKER_SHOWN! refuses our credentials: !PF_BROKER_REASON!"
     call :fail_msg
     call :remedy "set the right REDIS_PASSWORD (or the password in CELERY_BROKER_URL) in .env"
     exit /b 1
 ) else (
-    set "_msg=Redis does not answer at !PF_BROKER_SHOWN! (!PF_BROKER_REASON!)"
+    set "_msg=!PF_BROKER_NAME! does not answer at !PF_BROKER_SHOWN! (!PF_BROKER_REASON!)"
     call :fail_msg
     if "%PF_BROKER_LOCAL%"=="1" (
         call :remedy "start Redis on this machine first: Memurai, Redis in WSL (wsl redis-server), or Docker (docker run -p 6379:6379 redis:7); there is no bundled Redis on Windows"
     ) else (
-        call :remedy "start Redis at that host or make it reachable (firewall, DNS, TLS), or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT in .env"
+        call :remedy "start it at that host or make it reachable (firewall, DNS, TLS), or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT in .env"
     )
     exit /b 1
 )
@@ -491,8 +491,8 @@ if exist "%WORKERS_FILE%" (
     )
 )
 if defined NODES set "NODES=%NODES:~1%"
+rem Beat's scheduler is the settings' CELERY_BEAT_SCHEDULER (Celery reads it).
 if "%RUN_BEAT%"=="1" (
-    rem The scheduler is the settings' CELERY_BEAT_SCHEDULER (Celery reads it).
     call :info "beat scheduler: %PF_BEAT_SCHEDULER%"
     if exist "%RUN_DIR%\celerybeat.pid" del "%RUN_DIR%\celerybeat.pid"
     set "SVC_CMD_beat=celery -A admin_backend beat --loglevel %PF_LOG_LEVEL% --pidfile "%RUN_DIR%\celerybeat.pid" --schedule "%RUN_DIR%\celerybeat-schedule""

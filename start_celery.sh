@@ -237,6 +237,7 @@ supervise_once() {
 force_stop() {
     local pid
     warn "second interrupt: forcing (SIGKILL); tasks not acknowledged go back to their queues"
+    disown -a 2>/dev/null || true  # no "Killed" job notices
     for pid in ${SERVICE_PIDS[@]+"${SERVICE_PIDS[@]}"}; do
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     done
@@ -422,18 +423,18 @@ write_redis_conf() {  # the bundled Redis: the queue-safe settings of deploy/red
 
 preflight_redis() {
     case "$PF_BROKER_STATE" in
-        up) ok "Redis answers at $PF_BROKER_SHOWN" ;;
+        up) ok "$PF_BROKER_NAME answers at $PF_BROKER_SHOWN" ;;
         auth)
-            fail "Redis at $PF_BROKER_SHOWN refuses our credentials: $PF_BROKER_REASON"
-            remedy "set the right REDIS_PASSWORD (or the password in CELERY_BROKER_URL) in .env"
+            fail "$PF_BROKER_NAME at $PF_BROKER_SHOWN refuses our credentials: $PF_BROKER_REASON"
+            remedy "set the right password (REDIS_PASSWORD, or the one in CELERY_BROKER_URL) in .env"
             exit 1 ;;
         *)
             if [ "$PF_BROKER_LOCAL" != 1 ] || [ "$BUNDLED_REDIS" = 0 ]; then
-                fail "Redis does not answer at $PF_BROKER_SHOWN ($PF_BROKER_REASON)"
+                fail "$PF_BROKER_NAME does not answer at $PF_BROKER_SHOWN ($PF_BROKER_REASON)"
                 if [ "$PF_BROKER_LOCAL" = 1 ]; then
                     remedy "start Redis there, or run without --no-bundled-redis to start the bundled one"
                 else
-                    remedy "start Redis at that host or make it reachable (firewall, DNS, TLS), or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT in .env"
+                    remedy "start $PF_BROKER_NAME at that host or make it reachable (firewall, DNS, TLS), or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT in .env"
                 fi
                 exit 1
             fi

@@ -16,7 +16,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# The test runs set DJANGO_READ_DOT_ENV=0: a developer's .env must not change them.
+if os.environ.get("DJANGO_READ_DOT_ENV", "1") != "0":
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
 def env_or(name: str, default: str) -> str:
@@ -59,6 +61,7 @@ MIDDLEWARE = [
     # Serves /health/live, /health/ready and /metrics before host checks and HTTPS redirects.
     "taskcore.health.middleware.HealthProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

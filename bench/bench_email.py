@@ -352,7 +352,11 @@ VARIANT_TITLES = {
 
 
 def markdown(variants: dict, options, machine: str, database: str, spec, load: str) -> str:
-    command = " ".join(["python", "bench/bench_email.py", *sys.argv[1:]])
+    arguments = sys.argv[1:]
+    if "--docs-file" in arguments:  # where the section went is no part of the result
+        at = arguments.index("--docs-file")
+        arguments = arguments[:at] + arguments[at + 2 :]
+    command = " ".join(["python", "bench/bench_email.py", *arguments])
     lines = [
         "## B2: email",
         "",
@@ -394,14 +398,29 @@ def markdown(variants: dict, options, machine: str, database: str, spec, load: s
             f"(target: 10x); {cpu_ratio:.1f}x in CPU per email. Ours reaches "
             f"{ours['rate'] / peer['rate']:.0%} of the bare smtplib loop while also claiming "
             "and recording every delivery and rendering per-recipient templates with a "
-            "signed unsubscribe link.",
+            "signed unsubscribe link. To be 10x the naive way, ours would have to spend at "
+            f"most {total_cpu(naive) / 10:.2f} ms of CPU per email, all processes included; "
+            f"the bare loop alone spends {total_cpu(peer):.2f} ms.",
         ]
+    threads_note = ""
+    if spec.pool == "threads":
+        threads_note = " Threads enforce no time limits; the claims' lease needs none."
     lines += [
+        "",
+        "Why not 10x here: throughput follows CPU per email on these 2 shared cores. "
+        "Batching removes what the naive way pays per mail (a Celery round trip, a new "
+        "SMTP connection and, with TLS, a handshake and login): the difference between the "
+        "two CPU columns. What remains is the cost of an email itself: Python's MIME "
+        "serialisation (Django's `EmailMessage` and the standard `email` package, about "
+        "60% of our worker's CPU per email) and the receiving server, which here shares the "
+        "same cores. The bare smtplib loop shows that floor: 10x would need ours to cost "
+        "less than sending with no queue, no records and no templates at all.",
         "",
         f"- Machine: {machine}. Shared with other work while measured: load average {load}.",
         f"- Worker: the email queue's shape from the queue table: pool `{spec.pool}`, "
         f"concurrency {spec.concurrency}, prefetch multiplier {spec.prefetch_multiplier}; "
-        "acks late, results stored, task events on, log level INFO (the project's settings).",
+        "acks late, results stored, task events on, log level INFO (the project's settings)."
+        + threads_note,
         f"- Database: {database}; Redis: a private `redis-server` (no persistence).",
         "- TLS: a self-signed ECDSA P-256 certificate; the client verifies it.",
         f"- `EMAIL_BATCH_SIZE={options.batch_size}`. The queue table's rate limit "
@@ -456,6 +475,7 @@ def run_variant(variant: str, options, work_dir: Path, app, spec, redis_pid: int
         pool=spec.pool,
         concurrency=spec.concurrency,
         env=env,
+        extra_args=[f"--prefetch-multiplier={spec.prefetch_multiplier}"],
         name=f"bench-{variant}",
     )
 

@@ -76,6 +76,35 @@ def probe_redis(url: str, timeout: float = 2.0) -> tuple[str, str]:
         return "down", _mask(str(exc) or type(exc).__name__)
 
 
+BROKER_NAMES = {"redis": "Redis", "sentinel": "Redis (Sentinel)", "amqp": "RabbitMQ"}
+_AUTH_WORDS = ("NOAUTH", "WRONGPASS", "without any password", "ACCESS_REFUSED", "Authentication")
+
+
+def probe_broker(settings, timeout: float = 3.0) -> tuple[str, str]:
+    """Like :func:`probe_redis`, for any broker the settings support (through kombu)."""
+    url = settings.CELERY_BROKER_URL
+    kind = getattr(settings, "BROKER_KIND", "redis")
+    if kind == "redis":
+        return probe_redis(_first_url(url), timeout)
+    from kombu import Connection
+
+    connection = Connection(
+        url,
+        transport_options=dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS),
+        connect_timeout=timeout,
+    )
+    try:
+        connection.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+        )
+        return "up", ""
+    except Exception as exc:
+        text = _mask(f"{type(exc).__name__}: {exc}")[:300]
+        return ("auth" if any(word in text for word in _AUTH_WORDS) else "down"), text
+    finally:
+        connection.release()
+
+
 def _first_url(url: str) -> str:
     # Celery accepts ";"-separated failover URLs; the first one is the primary.
     return url.split(";", 1)[0].strip()
@@ -90,15 +119,17 @@ def report() -> dict[str, str]:
     broker = _first_url(settings.CELERY_BROKER_URL)
     result = _first_url(settings.CELERY_RESULT_BACKEND or broker)
     parts = urlsplit(broker)
+    kind = getattr(settings, "BROKER_KIND", "redis")
     facts = {
         "SETTINGS_ERROR": "",
-        "BROKER_SHOWN": _mask(broker),
-        "BROKER_SCHEME": parts.scheme,
+        "BROKER_SHOWN": _mask(settings.CELERY_BROKER_URL),
+        "BROKER_NAME": BROKER_NAMES.get(kind, "the broker"),
+        # The bundled redis-server stands in only for a plain local redis:// URL.
         "BROKER_LOCAL": "1" if parts.scheme == "redis" and parts.hostname in LOCAL_HOSTS else "0",
         "BROKER_PORT": str(parts.port or 6379),
         "BROKER_PASSWORD": unquote(parts.password or ""),
     }
-    facts["BROKER_STATE"], facts["BROKER_REASON"] = probe_redis(broker)
+    facts["BROKER_STATE"], facts["BROKER_REASON"] = probe_broker(settings)
     facts["RESULT_SHOWN"] = _mask(result)
     if result == broker:
         facts["RESULT_STATE"], facts["RESULT_REASON"] = facts["BROKER_STATE"], ""

@@ -14,8 +14,6 @@ from email.utils import parseaddr
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from admin_backend import queues
-
 # Recipients per batch task: all share one SMTP connection. Larger batches mean
 # fewer tasks and connections; smaller ones spread a campaign over more workers
 # and lose less progress when a worker dies.
@@ -74,11 +72,14 @@ def message_id_domain() -> str:
     return address.rpartition("@")[2] or "au-vlp.local"
 
 
-def stale_claim_seconds() -> int:
-    """After this long a claim ("sending") can only belong to a dead task.
+def claim_lease_seconds() -> int:
+    """How long a batch's claim holds without being renewed.
 
-    The email queue's hard time limit kills any task that runs longer, so a
-    claim older than it may be taken over without risking two live senders.
+    A running batch renews its claims before each message once FLUSH_SECONDS
+    have passed, so only a dead batch (or one stuck in a single SMTP exchange
+    for this long) lets its claims lapse; then another task may take them over.
+    No time limit is relied on: the threads pool enforces none. One message
+    takes at most a connect and four commands, each bounded by EMAIL_TIMEOUT.
     """
-    # notifications.tasks pins this limit on the batch task.
-    return queues.spec_for_task("notifications.tasks.send_delivery_batch").time_limit + 30
+    timeout = getattr(settings, "EMAIL_TIMEOUT", None) or 30
+    return max(300, 10 * int(timeout))

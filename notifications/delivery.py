@@ -5,9 +5,11 @@ same when the broker redelivers the message or Celery retries the task):
 
 1. Claim: one UPDATE turns the batch's sendable deliveries into ``sending``
    with our token. Sendable: ``queued``/``deferred``, our own earlier claim (a
-   previous run of this task that died), or a claim older than the email
-   queue's hard time limit (its task is certainly dead). Anything ``sent``,
-   ``failed``, ``skipped`` or claimed by a live task is left alone.
+   previous run of this task that died), or a claim whose lease lapsed (its
+   task stopped renewing it: dead). Anything ``sent``, ``failed``,
+   ``skipped`` or claimed by a live task is left alone. While sending, the
+   batch renews its claims (``claimed_at``) before a message whenever
+   ``FLUSH_SECONDS`` have passed, and drops any it no longer holds.
 2. Reconcile: claimed deliveries that a dead earlier run already sent (their
    key in ``sentlog``) are marked sent, not sent again.
 3. Send the rest on the one connection. When the server accepts a message its
@@ -104,11 +106,11 @@ def smtp_answer(exc: Exception) -> tuple[int, str]:
 def claim(delivery_ids: list[int], claim_token: str) -> list[Delivery]:
     """Take the sendable deliveries among ``delivery_ids``; return them in id order."""
     now = timezone.now()
-    stale_before = now - timedelta(seconds=conf.stale_claim_seconds())
+    lapsed_before = now - timedelta(seconds=conf.claim_lease_seconds())
     sendable = (
         Q(status__in=(Status.QUEUED, Status.DEFERRED))
         | Q(status=Status.SENDING, claimed_by=claim_token)
-        | Q(status=Status.SENDING, claimed_at__lt=stale_before)
+        | Q(status=Status.SENDING, claimed_at__lt=lapsed_before)
     )
     # One UPDATE ... WHERE: two tasks racing for a delivery cannot both win it.
     Delivery.objects.filter(sendable, pk__in=delivery_ids).update(
@@ -153,15 +155,20 @@ def _send_claimed(deliveries: list[Delivery], claim_token: str, outcome: BatchOu
         connection.open()
         try:
             while pending:
+                if time.monotonic() - last_flush > FLUSH_SECONDS:
+                    # Before the next message, never after: a claim that lapsed
+                    # while we were stuck may be someone else's now.
+                    _commit(results, claim_token, outcome)
+                    pending = _renew(pending, claim_token)
+                    last_flush = time.monotonic()
+                    if not pending:
+                        break
                 delivery = pending[0]
                 result = _send_one(delivery, connection, composer, unsubscribed)
                 results.append(result)
                 pending.popleft()
                 if result.status == Status.SENT:
                     sentlog.note_sent(delivery.pk)
-                if time.monotonic() - last_flush > FLUSH_SECONDS:
-                    _commit(results, claim_token, outcome)
-                    results, last_flush = [], time.monotonic()
         finally:
             _close_quietly(connection)
         _commit(results, claim_token, outcome)
@@ -233,6 +240,21 @@ def _commit(results: list[_Result], claim_token: str, outcome: BatchOutcome) -> 
         if result.status == Status.DEFERRED:
             outcome.last_deferral = result.error
     results.clear()
+
+
+def _renew(pending: deque, claim_token: str) -> deque:
+    """Extend our claims on the unsent deliveries; keep only those still ours."""
+    now = timezone.now()
+    ids = [d.pk for d in pending]
+    ours = Delivery.objects.filter(pk__in=ids, status=Status.SENDING, claimed_by=claim_token)
+    renewed = ours.update(claimed_at=now, updated_at=now)
+    if renewed == len(ids):
+        return pending
+    still_ours = set(ours.values_list("pk", flat=True))
+    logger.warning(
+        "%d claim(s) lapsed and were taken over; not sending them", len(ids) - len(still_ours)
+    )
+    return deque(d for d in pending if d.pk in still_ours)
 
 
 def release(delivery_ids: list[int], claim_token: str) -> None:

@@ -251,12 +251,12 @@ def resume_stalled_deliveries(campaign_id: int | None = None) -> int:
     """Publish batches again for pending deliveries nobody is working on; return how many.
 
     For when a worker died with batches in hand (the broker gives them back only
-    after the visibility timeout, an hour by default) or a publish failed
-    because the broker was down. A delivery untouched for longer than the email
-    queue's hard time limit cannot be in a live task, and claims make a second
-    publish harmless, so this is safe at any time; run it periodically.
+    after the visibility timeout, an hour by default). A delivery untouched for
+    longer than the claim lease is in no live task (running batches renew
+    theirs), and claims make a second publish harmless, so this is safe at any
+    time; run it periodically.
     """
-    quiet_since = timezone.now() - timedelta(seconds=conf.stale_claim_seconds())
+    quiet_since = timezone.now() - timedelta(seconds=conf.claim_lease_seconds())
     stalled = Delivery.objects.filter(status__in=Delivery.PENDING, updated_at__lt=quiet_since)
     # Campaigns whose start task was never published (the broker was down).
     waiting = Campaign.objects.filter(

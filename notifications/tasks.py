@@ -39,19 +39,7 @@ def resume_stalled_deliveries() -> int:
     return services.resume_stalled_deliveries()
 
 
-BATCH_TASK_NAME = "notifications.tasks.send_delivery_batch"
-_BATCH_QUEUE = queues.spec_for_task(BATCH_TASK_NAME)
-
-
-# The time limits are pinned here (from the queue table) and not left to the
-# annotations alone: a claim older than the hard limit is taken over by other
-# tasks (conf.stale_claim_seconds), which is only safe if the limit is enforced.
-@shared_task(
-    bind=True,
-    name=BATCH_TASK_NAME,
-    time_limit=_BATCH_QUEUE.time_limit,
-    soft_time_limit=_BATCH_QUEUE.soft_time_limit,
-)
+@shared_task(bind=True, name="notifications.tasks.send_delivery_batch")
 def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
     """Send up to EMAIL_BATCH_SIZE deliveries over one SMTP connection.
 
@@ -86,6 +74,7 @@ def fail_deliveries_of_a_failed_batch(sender=None, task_id=None, exception=None,
     """A batch that fails for good takes its unsent deliveries with it, visibly.
 
     Runs for a permanent error, for exhausted retries and for a hard time limit
+    (prefork pool)
     (Celery sends this signal from the worker's main process then), so no
     delivery stays "queued" or "sending" for ever after its task has ended.
     """

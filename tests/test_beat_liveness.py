@@ -216,7 +216,8 @@ def test_a_lock_left_by_an_earlier_process_with_our_pid_is_stale(test_redis):
     client.delete(HEARTBEAT_KEY, LOCK_KEY)
     try:
         successor = BeatLiveness(client, interval=1, ttl=10)
-        left_behind = {**successor.identity, "instance": "old", "started_at": time.time() - 600}
+        # Its incarnation started before this process did (a day ago: before any test run).
+        left_behind = {**successor.identity, "instance": "old", "started_at": time.time() - 86400}
         client.set(LOCK_KEY, json.dumps(left_behind), px=10_000)
 
         successor.acquire()

@@ -376,6 +376,54 @@ def test_beat_and_flower_commands(services, stub_bin, tmp_path):
     assert "--conf=deploy/flowerconfig.py" in flower
 
 
+def test_redis_service_runs_deploy_redis_conf_with_the_password(services, tmp_path):
+    """The redis service's command, with a real redis-server: the config loads, the
+    password from the environment is required, AOF and noeviction are on."""
+    import redis
+
+    from taskcore.testing.redis_server import redis_server_binary, wait_until_answers
+
+    port = free_port()
+    auth_file = tmp_path / "auth.conf"
+    command = shlex.split(services["redis"]["command"].replace("$$", "$"))[2]
+    command = command.replace("/tmp/auth.conf", str(auth_file))
+    # Where the container has /data and port 6379, this test has its own (redis-server
+    # changes to "dir" while reading the file, so the copy names an existing one).
+    config = tmp_path / "redis.conf"
+    config.write_text(
+        (DEPLOY_DIR / "redis.conf").read_text().replace("\ndir /data\n", f"\ndir {tmp_path}\n")
+    )
+    command = command.replace("/usr/local/etc/redis/redis.conf", str(config))
+    command = command.replace(
+        f"--include {auth_file}", f"--include {auth_file} --port {port} --bind 127.0.0.1"
+    )
+    env = {
+        "PATH": f"{Path(redis_server_binary()).parent}{os.pathsep}/usr/bin:/bin",
+        "REDIS_PASSWORD": "pw-from-env_1",
+    }
+    server = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        env=env,
+        stdout=(tmp_path / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_answers(f"redis://127.0.0.1:{port}/0")
+        assert oct(auth_file.stat().st_mode & 0o777) == "0o600"
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        client = redis.Redis(port=port, password="pw-from-env_1")
+        assert client.ping()
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 1024**3
+    finally:
+        server.terminate()
+        server.wait(20)
+    assert "pw-from-env_1" not in (tmp_path / "redis.log").read_text()
+
+
 # --- Dockerfile -------------------------------------------------------------------
 
 

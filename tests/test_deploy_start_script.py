@@ -1,9 +1,9 @@
 """start_celery.sh for real: help, pre-flight, a supervised run, the restart budget.
 
-The script runs in a subprocess of its own session against the test run's Redis
-(CELERY_BROKER_URL etc. come from the test plugin) and a SQLite file of the
-test's own; every process it starts is found by its session id, so "nothing
-left behind" is checked, not assumed.
+The script runs in a subprocess of its own session against a redis-server and a
+SQLite file of the test's own (its beat sends the default periodic tasks, which
+must not reach the other tests' workers); every process it starts is found by
+its session id, so "nothing left behind" is checked, not assumed.
 """
 
 from __future__ import annotations
@@ -121,11 +121,17 @@ class ScriptRun:
 
 
 @pytest.fixture
-def script_env(tmp_path) -> dict[str, str]:
-    """The test run's environment (Redis, secrets) plus paths of this test's own."""
+def script_env(tmp_path, private_redis) -> dict[str, str]:
+    """The test run's environment (secrets, test task module) with a Redis, a
+    database and paths of this test's own."""
+    url = private_redis().url
     env = dict(os.environ)
     env.update(
         {
+            "REDIS_URL": url,
+            "CELERY_BROKER_URL": url,
+            "CELERY_RESULT_BACKEND": url,
+            "CACHE_URL": url,
             "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
             "LOG_DIR": str(tmp_path / "logs"),
             "RUN_DIR": str(tmp_path / "run"),
@@ -139,6 +145,24 @@ def script_env(tmp_path) -> dict[str, str]:
     )
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return env
+
+
+@pytest.fixture
+def probe_app(script_env, monkeypatch):
+    """A Celery app on the script's Redis (Celery reads CELERY_BROKER_URL from the
+    environment before its configuration, hence the patched environment)."""
+    from celery import Celery
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.setenv(name, script_env[name])
+    app = Celery("deploy-probe", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    yield app
+    app.close()
+
+
+def debug_task(app, message: str, sleep: float = 0):
+    return app.send_task("taskcore.tasks.debug_task", (message,), {"sleep": sleep})
 
 
 @pytest.fixture
@@ -224,7 +248,7 @@ def test_shellcheck_finds_nothing():
 # --- pre-flight ------------------------------------------------------------------
 
 
-def test_check_passes_against_a_redis_that_answers(script_env, test_redis):
+def test_check_passes_against_a_redis_that_answers(script_env):
     result = run_to_end(["--check", "--no-setup", "--no-smtp"], script_env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -239,7 +263,7 @@ def test_check_passes_against_a_redis_that_answers(script_env, test_redis):
     assert "\033[" not in output  # NO_COLOR, and not a terminal
 
 
-def test_check_in_group_mode_lists_one_worker_per_group(script_env, test_redis):
+def test_check_in_group_mode_lists_one_worker_per_group(script_env):
     result = run_to_end(["--check", "--no-setup", "--no-smtp", "--groups"], script_env)
     assert result.returncode == 0, result.stdout + result.stderr
     for group in queues.worker_groups():
@@ -247,7 +271,7 @@ def test_check_in_group_mode_lists_one_worker_per_group(script_env, test_redis):
         assert f"--hostname={group}@%h" in result.stdout
 
 
-def test_check_unknown_group_fails_with_the_known_ones(script_env, test_redis):
+def test_check_unknown_group_fails_with_the_known_ones(script_env):
     result = run_to_end(["--check", "--no-setup", "--group", "gpu"], script_env)
     assert result.returncode == 2
     assert "unknown worker group 'gpu'" in result.stderr
@@ -316,11 +340,11 @@ def test_bundled_redis_starts_with_safe_settings_and_stops(script_env, run_scrip
     assert "all services stopped" in run.output()
 
 
-def test_real_run_serves_every_queue_and_stops_gracefully(script_env, run_script, app):
+def test_real_run_serves_every_queue_and_stops_gracefully(script_env, run_script, probe_app):
     env = {**script_env, "HEALTH_INTERVAL": "2"}
     run = run_script(["--no-setup", "--no-web", "--no-flower", "--no-smtp"], env)
     run.wait_for(r"running; press Ctrl-C to stop")
-    _ping(app, WORKER_NODE)
+    _ping(probe_app, WORKER_NODE)
 
     # The spec's acceptance: celery_health --test-tasks healthy on all five queues.
     health = subprocess.run(
@@ -367,9 +391,7 @@ def test_real_run_serves_every_queue_and_stops_gracefully(script_env, run_script
     )
     assert beat_check.returncode == 0, beat_check.stdout
 
-    from taskcore.tasks import debug_task
-
-    in_flight = debug_task.apply_async(("in flight",), {"sleep": 4})
+    in_flight = debug_task(probe_app, "in flight", sleep=4)
     deadline = time.monotonic() + 30
     while in_flight.state != "STARTED" and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -377,7 +399,7 @@ def test_real_run_serves_every_queue_and_stops_gracefully(script_env, run_script
 
     run.process.send_signal(signal.SIGTERM)
     # Sent while the script shuts down: each is either done or still queued.
-    during = [debug_task.apply_async((f"during shutdown {n}",)) for n in range(5)]
+    during = [debug_task(probe_app, f"during shutdown {n}") for n in range(5)]
     assert run.wait(90) == 0, run.output()
     assert run.leftovers() == [], run.output()[-4000:]
 
@@ -388,36 +410,32 @@ def test_real_run_serves_every_queue_and_stops_gracefully(script_env, run_script
     assert output.index("stopped: beat") < output.index("stopped: worker")
     assert "all services stopped" in output
 
-    client = app.connection().default_channel.client
+    client = probe_app.connection().default_channel.client
     queued = {
         json.loads(raw)["headers"]["id"]: raw for raw in client.lrange(queues.DEFAULT_QUEUE, 0, -1)
     }
     unacked = {json.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked") if raw}
-    try:
-        for result in during:
-            assert result.id not in unacked, "taken by a worker but neither done nor requeued"
-            if result.id in queued:
-                assert result.state == "PENDING"
-            else:
-                assert result.get(timeout=10)["message"].startswith("during shutdown")
-    finally:  # leave no message for the next test's workers
-        for raw in queued.values():
-            client.lrem(queues.DEFAULT_QUEUE, 0, raw)
+    for result in during:
+        assert result.id not in unacked, "taken by a worker but neither done nor requeued"
+        if result.id in queued:
+            assert result.state == "PENDING"
+        else:
+            assert result.get(timeout=10)["message"].startswith("during shutdown")
 
 
 @pytest.mark.chaos
-def test_dead_worker_is_restarted_until_the_budget_is_spent(script_env, run_script, app):
+def test_dead_worker_is_restarted_until_the_budget_is_spent(script_env, run_script, probe_app):
     env = {**script_env, "RESTART_MAX_ATTEMPTS": "3", "RESTART_WINDOW": "120"}
     run = run_script(["--no-setup", "--no-beat", "--no-web", "--no-flower", "--no-smtp"], env)
     pid, offset = run.service_pid("worker")
     run.wait_for(r"running; press Ctrl-C to stop")
-    _ping(app, WORKER_NODE)
+    _ping(probe_app, WORKER_NODE)
 
     # A killed worker is restarted, and the new one serves.
     os.kill(pid, signal.SIGKILL)
     run.wait_for(r"worker exited with status 137; restart 1 of 3", start=offset)
     pid, offset = run.service_pid("worker", start=offset)
-    _ping(app, WORKER_NODE)
+    _ping(probe_app, WORKER_NODE)
 
     # Three more deaths within the window: restarts 2 and 3, then the budget is spent.
     for attempt in (2, 3):
@@ -432,3 +450,26 @@ def test_dead_worker_is_restarted_until_the_budget_is_spent(script_env, run_scri
     assert "already restarted 3 times within 120s" in output
     assert "remedy:" in output
     assert run.leftovers() == [], output[-4000:]
+
+
+@pytest.mark.chaos
+def test_second_interrupt_forces(script_env, run_script, probe_app):
+    run = run_script(
+        ["--no-setup", "--no-beat", "--no-web", "--no-flower", "--no-smtp"], script_env
+    )
+    run.wait_for(r"running; press Ctrl-C to stop")
+    _ping(probe_app, WORKER_NODE)
+    busy = debug_task(probe_app, "busy", sleep=30)
+    deadline = time.monotonic() + 30
+    while busy.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run.process.send_signal(signal.SIGINT)  # Ctrl-C: warm shutdown, waits for the task
+    run.wait_for(r"stopping \(warm shutdown")
+    run.process.send_signal(signal.SIGINT)  # the second one forces
+    assert run.wait(30) == 130, run.output()
+    assert "second interrupt: forcing" in run.output()
+    assert "Killed" not in run.output()
+    assert run.leftovers() == [], run.output()[-4000:]
+    assert busy.state == "STARTED"  # not finished: its message waits to be redelivered
+    unacked = probe_app.connection().default_channel.client.hvals("unacked")
+    assert busy.id in {json.loads(raw)[0]["headers"]["id"] for raw in unacked}

@@ -55,7 +55,14 @@ def test_every_goto_and_call_target_exists(bat_text):
 
 def test_parentheses_balance_outside_quotes(bat_text):
     depth = 0
-    for number, line in enumerate(code_lines(bat_text), 1):
+    for number, line in enumerate(bat_text.split("\r\n"), 1):
+        words = line.strip().lower()
+        if words.startswith(("rem", "::")):
+            # A comment inside a ( ) block can end the block early or break it.
+            assert depth == 0, f"line {number}: comment inside a block"
+            continue
+        if not words:
+            continue
         if line.lstrip().lower().startswith("echo"):
             continue  # echo prints its parentheses
         # A for /f command string ('...' or `...`) is cmd's to parse: drop it first.

@@ -78,6 +78,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
             "MEDIA_ROOT": str(work_dir / "media"),
             "ADMIN_BACKEND_TEST_WORK_DIR": str(work_dir),
             "DEBUG": "0",
+            "DJANGO_READ_DOT_ENV": "0",
             "CELERY_EXTRA_TASK_MODULES": "taskcore.testing.tasks",
             "SECURE_SSL_REDIRECT": "0",
         }
@@ -100,6 +101,23 @@ def pytest_unconfigure(config):
     work_dir = _state.pop("work_dir", None)
     if work_dir and not os.environ.get("KEEP_TEST_WORK_DIR"):
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_redis_per_test():
+    """Empty the run's Redis database after each test.
+
+    Workers of one test must not consume what an earlier test left queued (a
+    retry waiting on its countdown is handed back to the queue when its worker
+    stops), and cache keys must not leak between tests.
+    """
+    yield
+    test_redis = _state.get("redis")
+    if test_redis is not None:
+        client = test_redis.client()
+        client.flushdb()
+        if not test_redis.server:
+            client.set(CLAIM_KEY, _state["run_id"], ex=3 * 3600)
 
 
 @pytest.fixture(scope="session")
