@@ -39,6 +39,13 @@ DEFAULT_ENTRIES: tuple[Entry, ...] = (
         every_seconds=60,
     ),
     Entry(
+        "email: resume stalled deliveries",
+        "notifications.tasks.resume_stalled_deliveries",
+        "email",
+        expire_seconds=240,
+        every_seconds=300,
+    ),
+    Entry(
         "dashboard: collect sample",
         "dashboard.tasks.collect_sample",
         "maintenance",
