@@ -12,7 +12,7 @@ from __future__ import annotations
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from taskcore.base import BaseTask, PermanentError, is_transient
+from taskcore.base import BaseTask, PermanentError
 
 from . import services
 
@@ -29,6 +29,13 @@ class UploadTask(BaseTask):
     """Shows a retry on the upload (pending, with the error) while it waits."""
 
     abstract = True
+
+    def before_final_failure(self, exc, args, kwargs):
+        # The base task retries transient errors; anything else ends here, and the
+        # upload says so before the result is visible.
+        upload_id = _upload_id(args, kwargs)
+        if upload_id is not None:
+            services.mark_failed(upload_id, _failure_reason(self, exc))
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):
         upload_id = _upload_id(args, kwargs)
@@ -53,19 +60,7 @@ def process_upload(self, upload_id: int) -> dict:
         upload_id = int(upload_id)
     except (TypeError, ValueError):
         raise PermanentError(f"upload_id must be an integer, got {upload_id!r}") from None
-    try:
-        return services.process_upload(upload_id)
-    except Exception as exc:
-        # The base task retries transient errors; anything else ends here, and the
-        # upload says so before the result is visible.
-        will_retry = (
-            is_transient(exc)
-            and not self.request.called_directly
-            and self.request.retries < (self.max_retries or 0)
-        )
-        if not will_retry:
-            services.mark_failed(upload_id, _failure_reason(self, exc))
-        raise
+    return services.process_upload(upload_id)
 
 
 @shared_task(name="media.tasks.fail_stale_uploads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task, signals
+from django.db import DatabaseError
 
 from taskcore.base import PermanentError
 
@@ -57,5 +58,5 @@ def fail_unfinished_export(sender=None, task_id=None, exception=None, args=None,
     reason = f"stopped: {type(exception).__name__}: {exception}"
     try:
         services.fail_unfinished(args[0], task_id, reason)
-    except Exception:  # the database may be what failed
+    except DatabaseError:  # the database may be what failed
         logger.warning("could not mark export %r failed", args[0], exc_info=True)

@@ -108,7 +108,12 @@ class BaseTask(Task):
                 self._refuse_endless_redelivery()
             return super().__call__(*args, **kwargs)
         except Exception as exc:
-            if not is_transient(exc) or self.request.called_directly:
+            if self.request.called_directly:
+                raise
+            retries_left = self.max_retries is None or self.request.retries < self.max_retries
+            if not (is_transient(exc) and retries_left):
+                # Failing for good: let the task record it before the result is visible.
+                self.before_final_failure(exc, args, kwargs)
                 raise
             spec = queues.spec_for_task(self.name)
             countdown = backoff_delay(
@@ -128,6 +133,14 @@ class BaseTask(Task):
                 countdown = 1
             # retry() raises Retry, or re-raises exc once max_retries is reached.
             raise self.retry(exc=exc, countdown=countdown) from exc
+
+    def before_final_failure(self, exc: BaseException, args: tuple, kwargs: dict) -> None:
+        """Called in the worker when this run fails for good (no retry follows).
+
+        Unlike Celery's ``on_failure``, it runs before the failure is stored, so a
+        caller that sees the failed result also sees what the task recorded.
+        Override to mark a record failed; the default does nothing.
+        """
 
     def _refuse_endless_redelivery(self) -> None:
         """Count deliveries of redelivered messages; past MAX_DELIVERIES, fail for good.
