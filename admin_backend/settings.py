@@ -270,6 +270,19 @@ if REDIS_SENTINEL_PASSWORD:
 # longest time limit (it must be longer, like the Redis visibility timeout).
 CELERY_RABBITMQ_CONSUMER_TIMEOUT = env.int("RABBITMQ_CONSUMER_TIMEOUT", default=1800)
 
+# kombu's Redis transport loses a message taken by a worker that dies (or a Redis
+# that restarts) between its BRPOP and the unacked record; ours reserves
+# atomically (taskcore/reliable_redis.py). Off only to measure the difference.
+CELERY_BROKER_ATOMIC_RESERVE = env.bool("CELERY_BROKER_ATOMIC_RESERVE", default=True)
+# (rediss:// keeps kombu's transport: kombu turns TLS on from that scheme only.)
+_broker_scheme = CELERY_BROKER_URL.split("://", 1)[0].lower()
+if CELERY_BROKER_ATOMIC_RESERVE and _broker_scheme in ("redis", "sentinel"):
+    CELERY_BROKER_TRANSPORT = (
+        "taskcore.reliable_redis:SentinelTransport"
+        if _broker_scheme == "sentinel"
+        else "taskcore.reliable_redis:Transport"
+    )
+
 if BROKER_KIND == brokers.SENTINEL:
     CELERY_BROKER_URL = brokers.with_password(CELERY_BROKER_URL, REDIS_PASSWORD)
     if os.environ.get("CELERY_BROKER_URL"):

@@ -7,6 +7,7 @@ limit, a message whose worker died on every delivery) the same path keeps it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -91,12 +92,11 @@ class FailedTask:
     hostname: str
 
 
-def record_dead_letter(failed: FailedTask):
-    from .models import DeadLetter
-
+def dead_letter_values(failed: FailedTask) -> dict:
+    """The stored fields of a dead letter: JSON-able, arguments and texts masked."""
     args, args_masked = mask_arguments(_jsonable(list(failed.args or [])))
     kwargs, kwargs_masked = mask_arguments(_jsonable(dict(failed.kwargs or {})))
-    values = {
+    return {
         "task_name": failed.task_name,
         "queue": failed.queue,
         "args": args,
@@ -111,15 +111,66 @@ def record_dead_letter(failed: FailedTask):
         "attempts": failed.retries + 1,
         "hostname": failed.hostname or "",
     }
+
+
+def store_dead_letter(task_id: str, values: dict):
+    from .models import DeadLetter
+
     with transaction.atomic():
         letter, created = DeadLetter.objects.select_for_update().get_or_create(
-            task_id=failed.task_id, defaults=values
+            task_id=task_id, defaults=values
         )
         if not created:  # the same task failed again (e.g. redelivered after a crash)
             for field, value in values.items():
                 setattr(letter, field, value)
             letter.save()
     return letter
+
+
+# --- parked dead letters: the database was away when the task failed ----------
+#
+# The task's message is acknowledged once it has failed, so a dead letter that
+# cannot be written is the only trace of that work. It waits in the result
+# backend's Redis (always Redis, also with RabbitMQ as the broker) until
+# store_parked_dead_letters() moves it into the database: run by the outbox relay
+# (worker start-up, beat every minute) and by ``manage.py dead_letters``.
+
+PARKED_KEY = "taskcore:deadletters:parked"
+
+
+def _parking_redis():
+    from admin_backend.celery import app
+
+    from .health.connections import backend_redis
+
+    return backend_redis(app, timeout=5)
+
+
+def park_dead_letter(task_id: str, values: dict) -> None:
+    _parking_redis().lpush(PARKED_KEY, json.dumps({"task_id": task_id, "values": values}))
+
+
+def store_parked_dead_letters(limit: int = 1000) -> int:
+    """Move parked dead letters into the database, oldest first; return how many.
+
+    Each is removed from Redis only after its row is committed (storing is
+    idempotent by task id), so a crash in between stores it twice, never zero times.
+    """
+    client = _parking_redis()
+    stored = 0
+    while stored < limit:
+        raw = client.lindex(PARKED_KEY, -1)
+        if raw is None:
+            break
+        try:
+            parked = json.loads(raw)
+            store_dead_letter(parked["task_id"], parked["values"])
+        except (ValueError, KeyError, TypeError):
+            logger.critical("unreadable parked dead letter kept aside: %r", raw[:2000])
+            client.lpush(PARKED_KEY + ":unreadable", raw)
+        client.lrem(PARKED_KEY, -1, raw)
+        stored += 1
+    return stored
 
 
 @signals.task_failure.connect
@@ -143,16 +194,27 @@ def keep_failed_task(
         max_retries=getattr(task, "max_retries", None),
         hostname=getattr(request, "hostname", "") or "",
     )
+    values = dead_letter_values(failed)
     try:
-        record_dead_letter(failed)
+        store_dead_letter(failed.task_id, values)
+        return
     except Exception:
-        # The database is away: the log line below still holds everything needed.
-        logger.critical(
-            "could not store dead letter for %s[%s] args=%r kwargs=%r",
+        logger.error(
+            "could not store dead letter for %s[%s] in the database; parking it in Redis",
             failed.task_name,
             failed.task_id,
-            mask_arguments(_jsonable(failed.args))[0],
-            mask_arguments(_jsonable(failed.kwargs))[0],
+            exc_info=True,
+        )
+    try:
+        park_dead_letter(failed.task_id, values)
+    except Exception:
+        # Database and Redis away: the log line below still holds everything needed.
+        logger.critical(
+            "could not store or park dead letter for %s[%s] args=%r kwargs=%r",
+            failed.task_name,
+            failed.task_id,
+            values["args"],
+            values["kwargs"],
             exc_info=True,
         )
 

@@ -70,12 +70,15 @@ def _relay_outbox_in_background() -> None:
     def relay():
         from django.db import connection
 
-        from taskcore import outbox
+        from taskcore import deadletters, outbox
 
         try:
             counts = outbox.relay()
             if counts["published"] or counts["failed"]:
                 worker_log.info("outbox relay at start-up: %s", counts)
+            parked = deadletters.store_parked_dead_letters()
+            if parked:
+                worker_log.info("stored %d dead letters parked in Redis", parked)
         except Exception:
             worker_log.exception("outbox relay at start-up failed")
         finally:

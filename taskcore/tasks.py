@@ -49,7 +49,12 @@ def debug_task(self, message: str = "debug", sleep: float = 0.0) -> dict:
 
 @shared_task(name="taskcore.tasks.relay_outbox")
 def relay_outbox() -> dict:
-    """Publish outbox rows whose publish after commit failed (beat runs this often)."""
-    from taskcore import outbox
+    """Publish outbox rows whose publish after commit failed (beat runs this often).
 
-    return outbox.relay()
+    Also stores the dead letters parked in Redis while the database was away.
+    """
+    from taskcore import deadletters, outbox
+
+    counts = outbox.relay()
+    counts["dead_letters_stored"] = deadletters.store_parked_dead_letters()
+    return counts

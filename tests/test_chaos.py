@@ -66,6 +66,8 @@ class ChaosStack:
         monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
         self.client = Celery("chaos-client", broker=url, backend=url, set_as_current=False)
         self.client.conf.broker_transport_options = {"visibility_timeout": 15}
+        # The project's publishers use its transport (settings.CELERY_BROKER_TRANSPORT).
+        self.client.conf.broker_transport = "taskcore.reliable_redis:Transport"
 
     def publish(self, keys) -> int:
         """Send one effect task per key over one producer; ignore results (none awaited)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.db import transaction
 
 from taskcore import deadletters, outbox
@@ -100,6 +101,25 @@ def test_a_permanent_error_fails_at_once_into_a_dead_letter(start_worker):
     assert letter.exception_type == "PermanentError"
     assert "refused: bad input" in letter.exception_message
     assert "Traceback" in letter.traceback
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_letter_waits_in_redis_while_the_database_is_away(start_worker, capsys):
+    # The worker's database does not answer: the failure cannot be written there.
+    start_worker(["default"], env={"DATABASE_URL": "postgres://nobody@127.0.0.1:9/absent"})
+    result = fails_permanently.delay("while the database is away")
+    with pytest.raises(PermanentError):
+        result.get(timeout=20, propagate=True)
+    wait_for(lambda: deadletters._parking_redis().llen(deadletters.PARKED_KEY))
+    assert not DeadLetter.objects.filter(task_id=result.id).exists()
+
+    # Any relay (worker start-up, beat, the command) moves it into the database.
+    call_command("dead_letters", "list")
+    assert "stored 1 dead letter(s) parked in Redis" in capsys.readouterr().out
+    letter = DeadLetter.objects.get(task_id=result.id)
+    assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
+    assert letter.args == ["while the database is away"]
+    assert deadletters._parking_redis().llen(deadletters.PARKED_KEY) == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -231,7 +251,6 @@ def test_dead_letter_admin_lists_filters_replays_and_deletes(
 
 @pytest.mark.django_db(transaction=True)
 def test_dead_letters_command_lists_replays_and_purges(start_worker, capsys):
-    from django.core.management import call_command
     from django.core.management.base import CommandError
 
     start_worker(["default"])

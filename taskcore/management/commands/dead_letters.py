@@ -30,6 +30,13 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="list as JSON lines")
 
     def handle(self, action, **options):
+        try:
+            parked = deadletters.store_parked_dead_letters()
+        except Exception as exc:  # Redis away: the database's letters still list
+            self.stderr.write(f"parked dead letters not read from Redis: {exc}")
+        else:
+            if parked:
+                self.stdout.write(f"stored {parked} dead letter(s) parked in Redis")
         letters = self._select(options)
         if action == "list":
             return self._list(letters, options)
