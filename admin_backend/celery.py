@@ -10,14 +10,42 @@ from __future__ import annotations
 
 import logging.config
 import os
+from collections.abc import Mapping
+from functools import cached_property
 
 from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "admin_backend.settings")
 
+
+class DjangoCelerySettings(Mapping):
+    """Django's ``CELERY_*`` settings as a plain dict, copied when Celery first reads them.
+
+    Celery looks its settings up several times per published message; through
+    Django's ``LazySettings`` (what ``config_from_object("django.conf:settings")``
+    gives it) each lookup costs a chain of getattr calls, ~15% of a publish (B1
+    in docs/benchmarks.md). Settings do not change at run time.
+    """
+
+    @cached_property
+    def _values(self) -> dict:
+        from django.conf import settings
+
+        return {name: getattr(settings, name) for name in dir(settings) if name.isupper()}
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+
 # Every task gets the project retry policy (taskcore.base.BaseTask).
 app = Celery("admin_backend", task_cls="taskcore.base:BaseTask")
-app.config_from_object("django.conf:settings", namespace="CELERY")
+app.config_from_object(DjangoCelerySettings(), namespace="CELERY")
 app.autodiscover_tasks()
 
 

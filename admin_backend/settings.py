@@ -370,6 +370,9 @@ CELERY_LOG_LEVEL = env_or("CELERY_LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_or("LOG_FORMAT", "text")
 LOG_MAX_BYTES = env.int("LOG_MAX_BYTES", default=10 * 1024 * 1024)
 LOG_BACKUP_COUNT = env.int("LOG_BACKUP_COUNT", default=5)
+# summary: one line per task in celery_tasks.log (problems also in the console and
+# the role's file); verbose: received/started/finished everywhere (taskcore/logging.py).
+CELERY_TASK_LOG_LINES = env_or("CELERY_TASK_LOG_LINES", "summary").lower()
 LOGGING = build_logging_config(
     log_dir=Path(LOG_DIR),
     level=CELERY_LOG_LEVEL,
@@ -377,4 +380,5 @@ LOGGING = build_logging_config(
     role=detect_process_role(sys.argv),
     max_bytes=LOG_MAX_BYTES,
     backup_count=LOG_BACKUP_COUNT,
+    task_lines=CELERY_TASK_LOG_LINES,
 )

@@ -2,10 +2,11 @@
 
 Celery events would give the same figures, but only to a process listening all
 the time. Instead each worker process counts, from ``task_postrun``, into
-10-second buckets in Redis (one pipelined round trip per task: ``HINCRBY``,
-``EXPIRE``, and for successes ``LPUSH``/``LTRIM`` of the runtime into the
-queue's last 1,000 runtimes). The dashboard reads the last minute of buckets
-and the runtime lists: a handful of O(1)/O(N<=1000) commands.
+10-second buckets in Redis (``HINCRBY``, ``EXPIRE``, and for successes
+``LPUSH``/``LTRIM`` of the runtime into the queue's last 1,000 runtimes),
+summed in memory and written in one pipelined round trip per second per process
+(``taskcore.batching``), not one per task. The dashboard reads the last minute
+of buckets and the runtime lists: a handful of O(1)/O(N<=1000) commands.
 
 ``DASHBOARD_TASK_STATS=0`` (setting or environment) turns the counting off.
 Counting never fails a task: a Redis error pauses it for 30 s.
@@ -20,6 +21,8 @@ import threading
 import time
 
 from celery import signals
+
+from taskcore.batching import FlushingBuffer
 
 PREFIX = "admin_backend:dashboard:"
 BUCKET_SECONDS = 10
@@ -75,14 +78,41 @@ def _queue_of(task, name: str) -> str:
 
 def record(queue: str, outcome: str, runtime: float | None, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    key = bucket_key(int(now // BUCKET_SECONDS))
-    with stats_redis().pipeline(transaction=False) as pipe:
-        pipe.hincrby(key, f"{queue}|{outcome}", 1)
-        pipe.expire(key, BUCKET_TTL)
+    _outcomes.add((int(now // BUCKET_SECONDS), queue, outcome, runtime))
+
+
+def _write_outcomes(items: list[tuple]) -> None:
+    """One pipeline for a batch of outcomes: counts summed per bucket, runtimes in order."""
+    if time.monotonic() < _client["paused_until"]:
+        return  # Redis failed lately: drop the batch (counters, not work)
+    counts: dict[tuple[int, str], int] = {}
+    runtimes: dict[str, list[float]] = {}
+    for bucket, queue, outcome, runtime in items:
+        field = (bucket, f"{queue}|{outcome}")
+        counts[field] = counts.get(field, 0) + 1
         if outcome == "succeeded" and runtime is not None:
-            pipe.lpush(runtimes_key(queue), round(runtime, 6))
-            pipe.ltrim(runtimes_key(queue), 0, RUNTIMES_KEPT - 1)
-        pipe.execute()
+            runtimes.setdefault(queue, []).append(round(runtime, 6))
+    try:
+        with stats_redis().pipeline(transaction=False) as pipe:
+            for (bucket, field), count in counts.items():
+                pipe.hincrby(bucket_key(bucket), field, count)
+                pipe.expire(bucket_key(bucket), BUCKET_TTL)
+            for queue, values in runtimes.items():
+                pipe.lpush(runtimes_key(queue), *values[-RUNTIMES_KEPT:])
+                pipe.ltrim(runtimes_key(queue), 0, RUNTIMES_KEPT - 1)
+            pipe.execute()
+    except Exception as exc:  # counting must never fail a task
+        _client["paused_until"] = time.monotonic() + 30
+        _client["client"] = None
+        logger.warning("dashboard task stats paused for 30s: %s", exc)
+
+
+_outcomes = FlushingBuffer("dashboard-task-stats", _write_outcomes, max_items=1000)
+
+
+def flush() -> int:
+    """Write this process's buffered outcomes now."""
+    return _outcomes.flush()
 
 
 def on_prerun(task_id=None, **kwargs):
@@ -93,16 +123,11 @@ def on_prerun(task_id=None, **kwargs):
 def on_postrun(task_id=None, task=None, state=None, **kwargs):
     began = _started.pop(task_id, None)
     outcome = _STATE_TO_OUTCOME.get(state or "")
-    if outcome is None or time.monotonic() < _client["paused_until"]:
+    if outcome is None:
         return
-    try:
-        name = getattr(task, "name", "") or ""
-        runtime = time.monotonic() - began if began is not None else None
-        record(_queue_of(task, name), outcome, runtime)
-    except Exception as exc:  # counting must never fail a task
-        _client["paused_until"] = time.monotonic() + 30
-        _client["client"] = None
-        logger.warning("dashboard task stats paused for 30s: %s", exc)
+    name = getattr(task, "name", "") or ""
+    runtime = time.monotonic() - began if began is not None else None
+    record(_queue_of(task, name), outcome, runtime)
 
 
 def connect_signals() -> None:

@@ -5,10 +5,11 @@ each task, one log line per transition. Task lines go to the
 ``celery.lifecycle.task`` logger (``logs/celery_tasks.log``), worker lines to
 ``celery.lifecycle.worker`` (``logs/celery.log``).
 
-``CELERY_TASK_LIFECYCLE_LOG=0`` leaves out the three lines every successful
-task writes (received, started, finished): for very high task rates, where each
-line costs more than the task (see docs/benchmarks.md, B1). Retries, failures,
-rejections and revocations are always logged.
+A successful task writes one INFO line ("task finished", with state and
+runtime); "task received" and "task started" are DEBUG lines, INFO with
+``CELERY_TASK_LOG_LINES=verbose``. ``CELERY_TASK_LIFECYCLE_LOG=0`` leaves out
+the successful tasks' lines altogether (see docs/benchmarks.md, B1). Retries,
+failures, rejections and revocations are always logged.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ worker_log = logging.getLogger("celery.lifecycle.worker")
 task_log = logging.getLogger("celery.lifecycle.task")
 
 _started_at: dict[str, float] = {}
+
+# Received/started lines: INFO in the verbose mode, DEBUG otherwise.
+TRANSITION_LEVEL = (
+    logging.INFO
+    if os.environ.get("CELERY_TASK_LOG_LINES", "summary").lower() == "verbose"
+    else logging.DEBUG
+)
 
 LIFECYCLE_LOG = os.environ.get("CELERY_TASK_LIFECYCLE_LOG", "1").lower() not in (
     "0",
@@ -129,9 +137,10 @@ def on_worker_setup(sender=None, instance=None, conf=None, **kwargs):
 
 
 def on_task_received(request=None, **kwargs):
-    if not task_log.isEnabledFor(logging.INFO):
+    if not task_log.isEnabledFor(TRANSITION_LEVEL):
         return
-    task_log.info(
+    task_log.log(
+        TRANSITION_LEVEL,
         "task received: eta=%s retries=%s",
         getattr(request, "eta", None),
         getattr(request, "request_dict", {}).get("retries", 0),
@@ -141,10 +150,13 @@ def on_task_received(request=None, **kwargs):
 
 def on_task_prerun(task_id=None, task=None, **kwargs):
     _started_at[task_id] = time.perf_counter()
-    if not task_log.isEnabledFor(logging.INFO):
+    if not task_log.isEnabledFor(TRANSITION_LEVEL):
         return
-    task_log.info(
-        "task started: retries=%s", task.request.retries, extra=_ids(task, task_id=task_id)
+    task_log.log(
+        TRANSITION_LEVEL,
+        "task started: retries=%s",
+        task.request.retries,
+        extra=_ids(task, task_id=task_id),
     )
 
 
@@ -156,9 +168,10 @@ def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
     runtime = time.perf_counter() - started if started is not None else float("nan")
     task_log.log(
         level,
-        "task finished: state=%s runtime=%.3fs",
+        "task finished: state=%s runtime=%.3fs retries=%s",
         state,
         runtime,
+        getattr(getattr(task, "request", None), "retries", 0) or 0,
         extra=_ids(task, task_id=task_id),
     )
 

@@ -95,8 +95,21 @@ def build_logging_config(
     role: str = "web",
     max_bytes: int = 10 * 1024 * 1024,
     backup_count: int = 5,
+    task_lines: str = "summary",
 ) -> dict:
-    """Return a ``logging.config.dictConfig`` dictionary for this process's role."""
+    """Return a ``logging.config.dictConfig`` dictionary for this process's role.
+
+    ``task_lines``: ``"summary"`` (default) writes one INFO line per task (our
+    "task finished" line, with state and runtime) to ``celery_tasks.log`` only,
+    and copies task warnings and errors to the console and the role's file;
+    Celery's own per-task INFO lines ("received", "succeeded in") are left out.
+    ``"verbose"``: received, started and finished lines, Celery's own lines too,
+    each also in ``celery.log``, the role's file and the console. A line costs
+    ~30 us per file (B1 in docs/benchmarks.md): at thousands of tasks a second
+    the verbose mode costs more than the tasks.
+    """
+    if task_lines not in ("summary", "verbose"):
+        raise ValueError(f"CELERY_TASK_LOG_LINES must be summary or verbose, not {task_lines!r}")
     log_dir.mkdir(parents=True, exist_ok=True)
     for filename in LOG_FILES.values():
         # The spec's five files exist from the first start, even before a line is written.
@@ -122,6 +135,25 @@ def build_logging_config(
         "filters": ["task_context", "mask_secrets"],
     }
     role_handler = {"worker": ["worker"], "beat": ["beat"], "flower": ["flower"]}.get(role, [])
+    # The same destinations for WARNING and above only: where task problems are
+    # copied in the summary mode.
+    handlers["console_problems"] = {**handlers["console"], "level": "WARNING"}
+    for name in role_handler:
+        handlers[f"{name}_problems"] = {**handlers[name], "level": "WARNING"}
+    if task_lines == "summary":
+        task_logger = {
+            "level": level,
+            "handlers": ["tasks", "console_problems", *(f"{n}_problems" for n in role_handler)],
+            "propagate": False,
+        }
+        celery_per_task_loggers = {
+            # "Task ... received" and "Task ... succeeded in": our finished line says it.
+            name: {"level": "WARNING"}
+            for name in ("celery.worker.strategy", "celery.app.trace")
+        }
+    else:
+        task_logger = {"level": level, "handlers": ["tasks"], "propagate": True}
+        celery_per_task_loggers = {}
 
     return {
         "version": 1,
@@ -140,9 +172,11 @@ def build_logging_config(
         "root": {"level": level, "handlers": ["console", *role_handler]},
         "loggers": {
             "celery": {"level": level, "handlers": ["celery"], "propagate": True},
+            **{name: dict(task_logger) for name in TASK_LOGGERS},
+            **celery_per_task_loggers,
             **{
                 name: {"level": level, "handlers": ["tasks"], "propagate": True}
-                for name in (*TASK_LOGGERS, *PROJECT_APPS)
+                for name in PROJECT_APPS
             },
             "django": {"level": "INFO", "propagate": True},
         },

@@ -35,7 +35,7 @@ CHAOS_SETTINGS = {
     "CELERY_VISIBILITY_TIMEOUT": "15",
     "CELERY_UNACKED_RESTORE_INTERVAL": "1",
     "CELERY_MAX_DELIVERIES": "3",
-    "CELERY_LOG_LEVEL": "WARNING",
+    "CELERY_LOG_LEVEL": "INFO",
 }
 AOF_EVERYSEC = ("--appendonly", "yes", "--appendfsync", "everysec")
 

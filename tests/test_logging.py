@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from taskcore.logging import LOG_FILES, SecretMaskingFilter, build_logging_confi
 from taskcore.secrets import mask_text, mask_url
 from taskcore.tasks import debug_task
 from taskcore.testing.workers import WorkerProcess
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def _lines(log_dir: Path, filename: str) -> list[str]:
@@ -43,7 +47,13 @@ def test_logs_rotate_with_several_processes_writing_and_lose_no_line(start_worke
     worker = start_worker(
         ["default"],
         concurrency=2,
-        env={"LOG_DIR": str(log_dir), "LOG_MAX_BYTES": "40000", "LOG_BACKUP_COUNT": "200"},
+        env={
+            "LOG_DIR": str(log_dir),
+            "LOG_MAX_BYTES": "40000",
+            "LOG_BACKUP_COUNT": "200",
+            # received lines come from the main process: several writers per file
+            "CELERY_TASK_LOG_LINES": "verbose",
+        },
     )
     results = [debug_task.delay(f"line-{n}") for n in range(400)]
     task_ids = {result.get(timeout=60)["task_id"] for result in results}
@@ -150,3 +160,45 @@ def test_no_secret_in_worker_output_or_logs(
     assert "redis://:****@" in outputs["celery_tasks.log"]
     for name, text in outputs.items():
         assert password not in text, f"password printed in {name}"
+
+
+SUMMARY_PROBE = """
+import logging, logging.config, sys
+from pathlib import Path
+from taskcore.logging import build_logging_config
+logging.config.dictConfig(
+    build_logging_config(log_dir=Path(sys.argv[1]), role="worker", task_lines=sys.argv[2])
+)
+task = logging.getLogger("celery.lifecycle.task")
+task.debug("task received: eta=None retries=0")
+task.info("task finished: state=SUCCESS runtime=0.001s retries=0")
+task.error("task failed: PermanentError: bad input")
+logging.getLogger("celery.app.trace").info("Task t[1] succeeded in 0.001s: None")
+logging.getLogger("celery.worker.strategy").info("Task t[1] received")
+"""
+
+
+@pytest.mark.parametrize("mode", ["summary", "verbose"])
+def test_task_lines_summary_writes_one_line_per_task_and_copies_problems(tmp_path, mode):
+    out = subprocess.run(
+        [sys.executable, "-c", SUMMARY_PROBE, str(tmp_path), mode],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    tasks = (tmp_path / "celery_tasks.log").read_text()
+    worker = (tmp_path / "celery_worker.log").read_text()
+    assert "task finished: state=SUCCESS" in tasks
+    assert "task failed: PermanentError" in tasks
+    # Problems reach the worker's file and the console in both modes.
+    assert "task failed: PermanentError" in worker
+    assert "task failed: PermanentError" in out.stderr
+    if mode == "summary":
+        assert "task finished" not in worker + out.stderr + (tmp_path / "celery.log").read_text()
+        assert "succeeded in" not in tasks + worker + out.stderr
+        assert "received" not in tasks + worker + out.stderr
+    else:
+        assert "task finished" in worker and "task finished" in out.stderr
+        assert "succeeded in" in tasks and "Task t[1] received" in worker

@@ -141,7 +141,8 @@ def test_a_real_beat_sends_scheduled_tasks_that_a_worker_runs(
         queue="maintenance",
         expire_seconds=30,
     )
-    worker = start_worker(["maintenance"])
+    # Verbose task lines: Celery's own "received"/"succeeded in" lines on the console.
+    worker = start_worker(["maintenance"], env={"CELERY_TASK_LOG_LINES": "verbose"})
     beat = BeatProcess(
         log_path=test_work_dir / "beat" / "beat.out",
         run_dir=test_work_dir / "beat",
