@@ -635,7 +635,7 @@ for %%M in ("" "--groups") do (
         set "NODES=!NODES!,%%B"
     )
 )
-set "SERVICES=smtp worker worker-io worker-cpu worker-batch worker-ops beat flower web"
+set "SERVICES=smtp worker worker-io worker-mail worker-cpu worker-batch worker-ops beat flower web"
 if defined NODES set "NODES=%NODES:~1%"
 call :stop_services
 call :ok "all services stopped"

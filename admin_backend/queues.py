@@ -40,6 +40,11 @@ class QueueSpec:
     prefetch_multiplier: int = 1
     max_tasks_per_child: int = 1000
     max_memory_per_child_kb: int | None = None
+    # (max, min) pool processes: the worker grows its pool to max under backlog and
+    # shrinks it back to min once idle for AUTOSCALE_KEEPALIVE seconds (Celery's
+    # default 30). Prefork only; ``concurrency`` must then equal max (the ceiling,
+    # used where autoscale cannot apply: the threads pool on Windows).
+    autoscale: tuple[int, int] | None = None
     # Health thresholds: queue depth (messages) and age of oldest message (seconds).
     depth_warning: int = 1_000
     depth_critical: int = 10_000
@@ -59,8 +64,9 @@ QUEUES: tuple[QueueSpec, ...] = (
         worker_group="io",
         # Measured (B1): threads 8 / prefetch 4 run short I/O tasks 2.4x faster than
         # prefork 4 / prefetch 1 on 2 cores. Threads enforce no time limits and do
-        # not requeue at once on a crash: default and email tasks are short and bound
-        # by socket timeouts. The all-queues worker stays prefork, prefetch 1 (spec).
+        # not requeue at once on a crash: default tasks are short and bound by socket
+        # timeouts. The all-queues worker stays prefork, prefetch 1 (spec). (email,
+        # measured in the same shape, has its own autoscaled group now: see below.)
         pool="threads",
         concurrency=8,
         prefetch_multiplier=4,
@@ -74,10 +80,19 @@ QUEUES: tuple[QueueSpec, ...] = (
         rate_limit="600/m",
         max_retries=8,
         retry_backoff_cap=600,
-        worker_group="io",
-        pool="threads",
+        # Its own group, autoscaled: campaigns arrive in bursts of batch tasks (one
+        # per EMAIL_BATCH_SIZE recipients, seconds each), so the per-message cost
+        # that favours threads for `default` (B1: 2 ms tasks) does not matter here,
+        # and prefork adds what threads lack: pool autoscaling, the time limits (a
+        # batch stopped by the soft limit hands its unsent recipients back and
+        # retries them) and an immediate requeue when a child dies. Prefetch 1: the
+        # autoscaler grows on reserved messages, max x 1 of them per host, so one
+        # host does not hoard a campaign while another of the group idles.
+        worker_group="mail",
+        pool="prefork",
         concurrency=8,
-        prefetch_multiplier=4,
+        autoscale=(8, 2),
+        prefetch_multiplier=1,
     ),
     QueueSpec(
         name="media",
@@ -138,7 +153,62 @@ def _apply_time_limit_cap(specs: tuple[QueueSpec, ...]) -> tuple[QueueSpec, ...]
     )
 
 
-QUEUES = _apply_time_limit_cap(QUEUES)
+class QueueTableError(ValueError):
+    """The queue table contradicts itself; the message names each problem."""
+
+
+def table_problems(specs: tuple[QueueSpec, ...]) -> list[str]:
+    """What is wrong with a queue table: autoscale values, groups that disagree."""
+    problems = []
+    for spec in specs:
+        if spec.autoscale is None:
+            continue
+        where = f"queue {spec.name!r}"
+        try:
+            high, low = spec.autoscale
+        except (TypeError, ValueError):
+            problems.append(f"{where}: autoscale must be (max, min), got {spec.autoscale!r}")
+            continue
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (high, low)):
+            problems.append(
+                f"{where}: autoscale (max, min) must be integers, got {spec.autoscale!r}"
+            )
+        elif not high >= low >= 1:
+            problems.append(
+                f"{where}: autoscale (max, min) needs max >= min >= 1, got ({high}, {low})"
+            )
+        elif spec.concurrency != high:
+            problems.append(
+                f"{where}: concurrency {spec.concurrency} must equal the autoscale max {high}"
+            )
+        if spec.pool != "prefork":
+            problems.append(
+                f"{where}: autoscale needs pool 'prefork' (the {spec.pool!r} pool cannot grow "
+                "or shrink); set pool='prefork' or drop autoscale"
+            )
+    groups: dict[str, list[QueueSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.worker_group, []).append(spec)
+    for group, members in groups.items():
+        for attribute in ("pool", "autoscale"):
+            values = {repr(getattr(spec, attribute)) for spec in members}
+            if len(values) > 1:
+                problems.append(
+                    f"worker group {group!r}: its queues disagree on {attribute} "
+                    f"({', '.join(f'{s.name}={getattr(s, attribute)!r}' for s in members)}); "
+                    "a group is one worker command line"
+                )
+    return problems
+
+
+def validate_table(specs: tuple[QueueSpec, ...]) -> tuple[QueueSpec, ...]:
+    problems = table_problems(specs)
+    if problems:
+        raise QueueTableError("admin_backend/queues.py: " + "; ".join(problems))
+    return specs
+
+
+QUEUES = _apply_time_limit_cap(validate_table(QUEUES))
 
 DEFAULT_QUEUE = "default"
 QUEUES_BY_NAME: dict[str, QueueSpec] = {spec.name: spec for spec in QUEUES}

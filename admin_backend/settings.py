@@ -288,7 +288,15 @@ if BROKER_KIND == brokers.SENTINEL:
     if os.environ.get("CELERY_BROKER_URL"):
         # Celery reads this variable itself, over the setting: keep the two equal.
         os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {**_redis_transport_options, **_sentinel_options}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        **_redis_transport_options,
+        **_sentinel_options,
+        # Replication is asynchronous: a primary killed right after a publish takes
+        # the message with it. A publish returns once this many replicas have it
+        # (Redis WAIT; taskcore/reliable_redis.py), else it is retried.
+        "replica_acks": env.int("CELERY_BROKER_REPLICA_ACKS", default=1),
+        "replica_ack_timeout": env.int("CELERY_BROKER_REPLICA_ACK_TIMEOUT_MS", default=1000),
+    }
 elif BROKER_KIND == brokers.AMQP:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Publisher confirms: publish() returns once RabbitMQ has the message
@@ -303,13 +311,25 @@ elif BROKER_KIND == brokers.AMQP:
         # RabbitMQ is no result backend; results (and the cache) stay on Redis.
         CELERY_RESULT_BACKEND = REDIS_URL
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = _redis_transport_options
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        **_redis_transport_options,
+        "replica_acks": env.int("CELERY_BROKER_REPLICA_ACKS", default=0),
+        "replica_ack_timeout": env.int("CELERY_BROKER_REPLICA_ACK_TIMEOUT_MS", default=1000),
+    }
 
 if brokers.broker_kind(CELERY_RESULT_BACKEND) == brokers.SENTINEL:
     CELERY_RESULT_BACKEND = brokers.with_password(CELERY_RESULT_BACKEND, REDIS_PASSWORD)
     if os.environ.get("CELERY_RESULT_BACKEND"):
         os.environ["CELERY_RESULT_BACKEND"] = CELERY_RESULT_BACKEND
     _result_backend_transport_options.update(_sentinel_options)
+    # A failover takes seconds (down-after-milliseconds + election): a worker
+    # storing a result rides it out instead of failing a task that succeeded.
+    _result_backend_transport_options["retry_policy"] = {
+        "max_retries": 10,
+        "interval_start": 0.5,
+        "interval_step": 0.5,
+        "interval_max": 2,
+    }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _result_backend_transport_options
 CELERY_REDIS_SOCKET_KEEPALIVE = True
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT

@@ -7,6 +7,9 @@ limit changes in ``admin_backend/queues.py`` only.
     python -m admin_backend.worker_commands --groups     # one worker per group
     python -m admin_backend.worker_commands --group io   # one group's worker
     python -m admin_backend.worker_commands --json       # machine-readable
+
+A group whose queues have ``autoscale=(max, min)`` gets ``--autoscale=max,min``
+instead of ``--concurrency``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,22 @@ class WorkerCommand:
 
 
 def _base_args(
-    *, queue_names, hostname, pool, concurrency, prefetch, max_tasks, max_memory_kb
+    *,
+    queue_names,
+    hostname,
+    pool,
+    concurrency,
+    prefetch,
+    max_tasks,
+    max_memory_kb,
+    autoscale=None,
 ) -> tuple[str, ...]:
+    # --autoscale=max,min replaces --concurrency: the pool starts with min processes
+    # and grows to max (Celery ignores --concurrency when both are given).
+    if autoscale:
+        size = f"--autoscale={autoscale[0]},{autoscale[1]}"
+    else:
+        size = f"--concurrency={concurrency}"
     args = [
         "celery",
         "-A",
@@ -41,7 +58,7 @@ def _base_args(
         "--loglevel",
         os.environ.get("CELERY_LOG_LEVEL", "INFO").lower(),
         f"--pool={pool}",
-        f"--concurrency={concurrency}",
+        size,
         f"--prefetch-multiplier={prefetch}",
         f"--queues={','.join(queue_names)}",
         f"--hostname={hostname}",
@@ -84,6 +101,8 @@ def for_group(group: str) -> WorkerCommand:
             f"group {group!r} mixes pools {sorted(pools)}; fix admin_backend/queues.py"
         )
     memory = [spec.max_memory_per_child_kb for spec in specs if spec.max_memory_per_child_kb]
+    # The table's validation guarantees one autoscale value per group.
+    autoscale = specs[0].autoscale
     return WorkerCommand(
         f"worker-{group}",
         tuple(spec.name for spec in specs),
@@ -95,6 +114,7 @@ def for_group(group: str) -> WorkerCommand:
             prefetch=min(spec.prefetch_multiplier for spec in specs),
             max_tasks=min(spec.max_tasks_per_child for spec in specs),
             max_memory_kb=min(memory) if memory else None,
+            autoscale=autoscale,
         ),
     )
 

@@ -212,7 +212,8 @@ def worker_commands(*, groups: bool, group: str | None, windows: bool) -> list[d
     """The queue table's worker commands (``admin_backend.worker_commands --json``).
 
     ``windows``: prefork does not work on Windows, so the pool becomes ``threads``
-    (same concurrency), the prefork-only child recycling options are dropped and
+    (same concurrency; an ``--autoscale=max,min`` becomes ``--concurrency=max``),
+    the prefork-only child recycling options are dropped and
     ``%h`` in the node name is replaced by this host's name.
     """
     args = [sys.executable, "-m", "admin_backend.worker_commands", "--json"]
@@ -231,6 +232,9 @@ def worker_commands(*, groups: bool, group: str | None, windows: bool) -> list[d
             for arg in command["args"]:
                 if arg.startswith("--pool="):
                     arg = "--pool=threads"
+                if arg.startswith("--autoscale="):
+                    # The threads pool cannot grow or shrink: run the ceiling.
+                    arg = f"--concurrency={arg.split('=', 1)[1].split(',')[0]}"
                 # %h would meet cmd.exe's variable expansion: spell the host out.
                 arg = arg.replace("%h", host)
                 if arg.split("=", 1)[0] in PREFORK_ONLY:

@@ -78,8 +78,10 @@ def claim_lease_seconds() -> int:
     A running batch renews its claims before each message once FLUSH_SECONDS
     have passed, so only a dead batch (or one stuck in a single SMTP exchange
     for this long) lets its claims lapse; then another task may take them over.
-    No time limit is relied on: the threads pool enforces none. One message
-    takes at most a connect and four commands, each bounded by EMAIL_TIMEOUT.
+    No time limit is relied on (the email queue's prefork pool enforces the
+    queue's, shorter than the lease; at the soft one a batch releases what it
+    has not sent). One message takes at most a connect and four commands, each
+    bounded by EMAIL_TIMEOUT.
     """
     timeout = getattr(settings, "EMAIL_TIMEOUT", None) or 30
     return max(300, 10 * int(timeout))

@@ -75,8 +75,12 @@ class FlushingBuffer:
         try:
             self._flush(items)
         except Exception:
-            logger.warning("%s: %d items not written, kept for the next flush", self.name,
-                           len(items), exc_info=True)
+            logger.warning(
+                "%s: %d items not written, kept for the next flush",
+                self.name,
+                len(items),
+                exc_info=True,
+            )
             with self._lock:
                 self._items[:0] = items
                 dropped = len(self._items) - self.max_kept

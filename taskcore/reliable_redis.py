@@ -141,6 +141,11 @@ class AtomicReserveMixin:
     """Channel behaviour shared by the plain and the Sentinel-managed Redis channel."""
 
     QoS = AtomicReserveQoS
+    # Transport options: a publish returns once this many replicas have it
+    # (Redis WAIT), else raises NotReplicated. Asynchronous replication loses
+    # acknowledged writes when a primary dies; with Sentinel, set it to 1.
+    replica_acks = 0
+    replica_ack_timeout = 1000  # ms
 
     def __init__(self, *args, **kwargs):
         # Tags recorded in ``unacked`` by the script and not yet handed to QoS.append.
@@ -362,7 +367,23 @@ class AtomicReserveMixin:
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             for name, *args in commands:
                 getattr(pipe, name)(*args)
-            pipe.execute()
+            if self.replica_acks:
+                pipe.execute_command("WAIT", self.replica_acks, self.replica_ack_timeout)
+            results = pipe.execute()
+        if self.replica_acks:
+            self._check_replicated(results[-1])
+
+    def _check_replicated(self, acknowledged) -> None:
+        if int(acknowledged) < self.replica_acks:
+            raise NotReplicated(
+                f"published, but {acknowledged} of {self.replica_acks} replicas acknowledged "
+                f"within {self.replica_ack_timeout} ms: the message could be lost in a failover"
+            )
+
+    def create_publish_batch(self, max_size):
+        if not self.replica_acks:
+            return super().create_publish_batch(max_size)
+        return ReplicatedPublishBatch(self, max_size)
 
     def _publish_commands(self, queue, message) -> list[tuple]:
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
@@ -400,8 +421,43 @@ class AtomicReserveMixin:
             pass  # logged by flush_acks; the messages come back after the visibility timeout
 
 
+class NotReplicated(RedisConnectionError):
+    """Redis accepted a publish that too few replicas acknowledged in time.
+
+    A connection error, so kombu's publish retry and the outbox treat it like
+    one: the message is sent again (a duplicate at worst, never a loss).
+    """
+
+
+class ReplicatedPublishBatch(kombu_redis.PublishBatch):
+    """kombu's publish batch, and one WAIT for the replicas per flushed pipeline."""
+
+    def flush(self):
+        self._check_usable()
+        if not self._buffered:
+            return
+        channel = self.channel
+        self.pipeline.execute_command("WAIT", channel.replica_acks, channel.replica_ack_timeout)
+        try:
+            results = self.pipeline.execute()
+            channel._check_replicated(results[-1])
+        except BaseException as exc:
+            self._failed = exc
+            self._buffered = 0
+            self.pipeline.reset()
+            if isinstance(exc, Exception):
+                raise kombu_redis.BatchPublishError(
+                    "Redis publish batch failed; delivery is uncertain"
+                ) from exc
+            raise
+        self._buffered = 0
+
+
+_REPLICA_OPTIONS = ("replica_acks", "replica_ack_timeout")
+
+
 class Channel(AtomicReserveMixin, kombu_redis.Channel):
-    pass
+    from_transport_options = kombu_redis.Channel.from_transport_options + _REPLICA_OPTIONS
 
 
 def _flush_acks_of(transport) -> None:
@@ -427,7 +483,7 @@ class Transport(AtomicReserveTransportMixin, kombu_redis.Transport):
 
 
 class SentinelChannel(AtomicReserveMixin, kombu_redis.SentinelChannel):
-    pass
+    from_transport_options = kombu_redis.SentinelChannel.from_transport_options + _REPLICA_OPTIONS
 
 
 class SentinelTransport(AtomicReserveTransportMixin, kombu_redis.SentinelTransport):

@@ -133,6 +133,8 @@ def test_windows_worker_commands_use_threads(mode):
         assert "--pool=threads" in command
         assert "prefork" not in command
         assert "--max-tasks-per-child" not in command
+        assert "--autoscale" not in command  # threads cannot grow: the ceiling instead
+        assert re.search(r"--concurrency=[1-9]", command)
         assert "%" not in command  # no %h for cmd.exe to expand
         assert f"--hostname={node}" in command
         consumed += re.search(r"--queues=(\S+)", command).group(1).split(",")

@@ -272,6 +272,8 @@ def test_451_recipients_are_retried_and_delivered_550_fail_with_the_servers_reas
     if pool == "queue table":  # how the email queue is deployed
         spec = queues.spec_for_task("notifications.tasks.send_delivery_batch")
         shape = {"pool": spec.pool, "concurrency": spec.concurrency}
+        if spec.autoscale:  # as deployed: the pool grows from min to max
+            shape["extra_args"] = [f"--autoscale={spec.autoscale[0]},{spec.autoscale[1]}"]
     start_worker(["email"], env={**mail_server.worker_env, "EMAIL_BATCH_SIZE": "5"}, **shape)
 
     campaign = send_and_wait(make_campaign(audience))

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,53 @@ def test_settings_choose_the_atomic_transport_for_redis_urls(url, transport):
         [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
     )
     assert out.stdout.strip() == transport, out.stderr
+
+
+def test_a_publish_no_replica_acknowledged_raises_not_replicated(url, client):
+    queue = make_queue()
+    options = {"replica_acks": 1, "replica_ack_timeout": 50}
+    with Connection(url, transport=OURS, transport_options=options) as conn:
+        producer = Producer(conn.channel())
+        with pytest.raises(reliable_redis.NotReplicated, match="0 of 1 replicas"):
+            producer.publish({"i": 0}, exchange=queue.exchange, routing_key="rt", declare=[queue])
+        with pytest.raises(Exception, match="delivery is uncertain"):  # kombu's batch error
+            with producer.batch():
+                producer.publish({"i": 1}, exchange=queue.exchange, routing_key="rt")
+    # Sent all the same: a retry makes a duplicate at worst, never a loss.
+    assert client.llen("rt") == 2
+
+
+def test_a_publish_returns_once_the_replica_has_it(private_redis):
+    primary = private_redis()
+    port = primary.url.rsplit(":", 1)[1].split("/")[0]
+    replica = private_redis("--replicaof", "127.0.0.1", port)
+    deadline = time.monotonic() + 15
+    while replica.client().info("replication").get("master_link_status") != "up":
+        assert time.monotonic() < deadline, "replica did not sync"
+        time.sleep(0.1)
+    queue = make_queue()
+    options = {"replica_acks": 1, "replica_ack_timeout": 2000}
+    with Connection(primary.url, transport=OURS, transport_options=options) as conn:
+        producer = Producer(conn.channel())
+        producer.publish({"i": 0}, exchange=queue.exchange, routing_key="rt", declare=[queue])
+        with producer.batch():
+            for i in range(1, 50):
+                producer.publish({"i": i}, exchange=queue.exchange, routing_key="rt")
+    # Acknowledged means the replica holds it: read there, not on the primary.
+    assert replica.client().llen("rt") == 50
+
+
+@pytest.mark.parametrize(
+    ("url", "replica_acks"), [("redis://h:6379/0", "0"), ("sentinel://h:26379", "1")]
+)
+def test_publishes_wait_for_a_replica_behind_sentinel_by_default(url, replica_acks):
+    code = (
+        "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
+        "django.setup();from django.conf import settings as s;"
+        "print(s.CELERY_BROKER_TRANSPORT_OPTIONS['replica_acks'])"
+    )
+    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": "redis://h:6379/0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == replica_acks, out.stderr

@@ -23,6 +23,7 @@ import pytest
 import redis
 from celery import Celery
 
+from admin_backend import queues
 from taskcore.models import DeadLetter, EffectClaim, OutboxMessage
 from taskcore.testing.redis_server import free_port, redis_server_binary
 
@@ -37,7 +38,7 @@ CHAOS_SETTINGS = {
     "CELERY_VISIBILITY_TIMEOUT": "15",
     "CELERY_UNACKED_RESTORE_INTERVAL": "1",
     "CELERY_MAX_DELIVERIES": "3",
-    "CELERY_LOG_LEVEL": "WARNING",
+    "CELERY_LOG_LEVEL": "INFO",
 }
 
 
@@ -204,8 +205,21 @@ class SentinelStack:
         monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
         options = {"master_name": MASTER, "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
         self.client = Celery("sentinel-client", broker=url, backend=url, set_as_current=False)
-        self.client.conf.broker_transport_options = {**options, "visibility_timeout": 15}
+        # Published the project's way: its transport (publishes wait for the
+        # replica, as settings configure for sentinel:// URLs) and its routing
+        # (the queue table; Celery's default queue would be "celery").
+        self.client.conf.broker_transport = "taskcore.reliable_redis:SentinelTransport"
+        self.client.conf.broker_transport_options = {
+            **options,
+            "visibility_timeout": 15,
+            "replica_acks": 1,
+            "replica_ack_timeout": 1000,
+        }
         self.client.conf.result_backend_transport_options = options
+        self.client.conf.task_queues = queues.kombu_queues(url)
+        self.client.conf.task_default_queue = queues.DEFAULT_QUEUE
+        self.client.conf.task_routes = (queues.route_task,)
+        self.client.conf.task_create_missing_queues = False
 
 
 @pytest.fixture
@@ -330,6 +344,9 @@ def test_r6_sentinel_failover_under_load_loses_nothing(sentinel_stack, start_wor
         "effects": effects,
         "lost": total - effects,
         "dead_letters": DeadLetter.objects.count(),
+        "dead_letter_errors": sorted(
+            {f"{d.reason}: {d.exception_type}" for d in DeadLetter.objects.all()}
+        ),
         "duplicates_absorbed": _duplicates(stack),
         "killed_after_effects": kill.get("effects_before"),
         "outbox_backlog_at_kill": kill.get("outbox_backlog"),

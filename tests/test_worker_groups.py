@@ -1,8 +1,8 @@
 """Worker groups: disjoint queue sets on differently named nodes, independent of each other.
 
-Two groups of the queue table (``io``: default+email, ``ops``: maintenance) run
-as separate workers with their own hostnames. Stopping ``io`` leaves
-``maintenance`` flowing, the io queues keep their messages, and both the
+Two groups of the queue table (``mail``: email, ``ops``: maintenance) run as
+separate workers with their own hostnames. Stopping ``mail`` leaves
+``maintenance`` flowing, the email queue keeps its messages, and both the
 broker-agnostic reader (taskcore.brokers) and ``celery_health`` name exactly the
 queues left without consumers.
 """
@@ -67,33 +67,33 @@ def test_two_groups_consume_disjoint_queues_and_one_survives_the_other(
     app, start_worker, worker_database_url
 ):
     app.control.purge()
-    io_queues, ops_queues = group_queues("io"), group_queues("ops")
-    assert set(io_queues) == {"default", "email"} and ops_queues == ["maintenance"]
-    assert not set(io_queues) & set(ops_queues)
+    mail_queues, ops_queues = group_queues("mail"), group_queues("ops")
+    assert mail_queues == ["email"] and ops_queues == ["maintenance"]
+    assert not set(mail_queues) & set(ops_queues)
 
-    io = start_worker(io_queues, concurrency=1, name="io")
+    mail = start_worker(mail_queues, concurrency=1, name="mail")
     ops = start_worker(ops_queues, concurrency=1, name="ops")
-    assert io.hostname.startswith("io-") and ops.hostname.startswith("ops-")
+    assert mail.hostname.startswith("mail-") and ops.hostname.startswith("ops-")
 
     # Each node consumes exactly its group's queues.
-    active = app.control.inspect(destination=[io.hostname, ops.hostname], timeout=2)
+    active = app.control.inspect(destination=[mail.hostname, ops.hostname], timeout=2)
     by_node = {
         node: sorted(queue["name"] for queue in node_queues)
         for node, node_queues in (active.active_queues() or {}).items()
     }
-    assert by_node == {io.hostname: sorted(io_queues), ops.hostname: ops_queues}
+    assert by_node == {mail.hostname: mail_queues, ops.hostname: ops_queues}
 
     reading = brokers.read_queues(app, timeout=2)
     assert reading.consumers_source == "workers"
-    assert reading.without_consumers() == ["media", "reports"]
+    assert reading.without_consumers() == ["default", "media", "reports"]
 
     # Both groups work.
     app.send_task(EFFECT_TASK, args=["groups-email-1"], queue="email", ignore_result=True)
     app.send_task(EFFECT_TASK, args=["groups-ops-1"], queue="maintenance", ignore_result=True)
     assert wait_until(lambda: effect_done("groups-email-1") and effect_done("groups-ops-1"), 30)
 
-    # Stop the io group: maintenance keeps flowing, email waits (nothing lost).
-    io.stop()
+    # Stop the mail group: maintenance keeps flowing, email waits (nothing lost).
+    mail.stop()
     app.send_task(EFFECT_TASK, args=["groups-email-2"], queue="email", ignore_result=True)
     app.send_task(EFFECT_TASK, args=["groups-ops-2"], queue="maintenance", ignore_result=True)
     assert wait_until(lambda: effect_done("groups-ops-2"), 30)
@@ -114,5 +114,5 @@ def test_two_groups_consume_disjoint_queues_and_one_survives_the_other(
     ]
 
     # The group comes back and finds its waiting work.
-    start_worker(io_queues, concurrency=1, name="io")
+    start_worker(mail_queues, concurrency=1, name="mail")
     assert wait_until(lambda: effect_done("groups-email-2"), 30)

@@ -228,13 +228,17 @@ def worker_snapshot(app, stats: EventStats, timeout: float) -> tuple[list[dict],
         info = worker_stats.get(hostname) or {}
         pool = info.get("pool") or {}
         beat = heartbeats.get(hostname, {})
+        processes, autoscale = _pool_size(info)
         workers.append(
             {
                 "worker": hostname,
                 # "celery.concurrency.prefork:TaskPool" -> "prefork"
                 "pool": str(pool.get("implementation", "?")).split(":")[0].rsplit(".", 1)[-1],
-                "concurrency": pool.get("max-concurrency"),
-                "processes": len(pool.get("processes") or []) or None,
+                # An autoscaling pool's ceiling; Celery's max-concurrency stays the
+                # size the pool started with (the autoscale min).
+                "concurrency": autoscale["max"] if autoscale else pool.get("max-concurrency"),
+                "processes": processes,
+                "autoscale": autoscale,
                 "active": len(active.get(hostname) or []),
                 "tasks_done": sum((info.get("total") or {}).values()),
                 "loadavg": beat.get("loadavg") or None,
@@ -261,6 +265,27 @@ def worker_snapshot(app, stats: EventStats, timeout: float) -> tuple[list[dict],
                 }
             )
     return workers, running
+
+
+def _pool_size(info: dict) -> tuple[int | None, dict | None]:
+    """The pool's current process count and, when it autoscales, its max and min.
+
+    ``stats`` has an ``autoscaler`` section only on a worker started with
+    ``--autoscale``: its ``current`` is the process count the pool is sized to
+    now (a child being shrunk away drops out of it at once, while its pid stays
+    in ``pool.processes`` until it has exited); ``qty`` is the messages reserved,
+    what the autoscaler sizes the pool by.
+    """
+    pids = len((info.get("pool") or {}).get("processes") or []) or None
+    scaler = info.get("autoscaler")
+    if not isinstance(scaler, dict) or scaler.get("max") is None:
+        return pids, None
+    current = scaler.get("current", pids)
+    return current, {
+        "max": scaler.get("max"),
+        "min": scaler.get("min"),
+        "reserved": scaler.get("qty"),
+    }
 
 
 def queue_snapshot(app, timeout: float) -> dict:

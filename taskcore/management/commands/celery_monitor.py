@@ -2,9 +2,10 @@
 
 Task events per task and per queue (received, started, succeeded, failed,
 retried; rates over the interval; runtimes and queue waits), the tasks running
-now, worker statistics (pool, processes, tasks done, load, memory) and queue
-depths with the age of their oldest message. One snapshot by default (events
-collected for --interval seconds), ``--watch`` to keep refreshing.
+now, worker statistics (pool, processes and autoscale range, tasks done, load,
+memory) and queue depths with the age of their oldest message. One snapshot by
+default (events collected for --interval seconds), ``--watch`` to keep
+refreshing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _count(value) -> str:
 
 def _seconds(value) -> str:
     return "-" if value is None else (f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s")
+
+
+def _processes(worker: dict) -> str:
+    """``3`` for a fixed pool, ``3 (autoscale 2-8)`` for one that grows and shrinks."""
+    count = _count(worker.get("processes"))
+    scale = worker.get("autoscale")
+    return f"{count} (autoscale {scale['min']}-{scale['max']})" if scale else count
 
 
 class Command(BaseCommand):
@@ -270,6 +278,7 @@ class Command(BaseCommand):
             "worker",
             "pool",
             "concurrency",
+            "processes",
             "active",
             "tasks done",
             "load",
@@ -283,6 +292,7 @@ class Command(BaseCommand):
                 worker["worker"],
                 worker["pool"],
                 str(worker["concurrency"] or "-"),
+                _processes(worker),
                 str(worker["active"]),
                 str(worker["tasks_done"]),
                 " ".join(f"{value:.2f}" for value in load) if load else "-",
@@ -290,5 +300,5 @@ class Command(BaseCommand):
                 human_age(worker["uptime_s"]),
             )
         if not snapshot["workers"]:
-            workers.add_row(Text("(no worker answers)", "bold red"), *[""] * 7)
+            workers.add_row(Text("(no worker answers)", "bold red"), *[""] * 8)
         return Group(*parts, tasks, queues, active, workers)
