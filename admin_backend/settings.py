@@ -322,15 +322,17 @@ if brokers.broker_kind(CELERY_RESULT_BACKEND) == brokers.SENTINEL:
     if os.environ.get("CELERY_RESULT_BACKEND"):
         os.environ["CELERY_RESULT_BACKEND"] = CELERY_RESULT_BACKEND
     _result_backend_transport_options.update(_sentinel_options)
-    # A failover takes seconds (down-after-milliseconds + election): a worker
-    # storing a result rides it out instead of failing a task that succeeded.
-    _result_backend_transport_options["retry_policy"] = {
-        "max_retries": 10,
-        "interval_start": 0.5,
-        "interval_step": 0.5,
-        "interval_max": 2,
-    }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _result_backend_transport_options
+# A worker rides out a short Redis outage (a Sentinel failover takes seconds,
+# measured in R6) when it stores a task's state: without this, the STARTED state
+# or the result failing to store fails a task whose work was fine, or never ran it.
+# Exponential backoff from 100 ms to 2 s, 10 retries (~15 s). Web processes keep
+# failing fast: a request must not hang on a Redis that is away.
+if detect_process_role(sys.argv) == "worker":
+    CELERY_RESULT_BACKEND_ALWAYS_RETRY = True
+    CELERY_RESULT_BACKEND_MAX_RETRIES = env.int("CELERY_RESULT_BACKEND_MAX_RETRIES", default=10)
+    CELERY_RESULT_BACKEND_BASE_SLEEP_BETWEEN_RETRIES_MS = 100
+    CELERY_RESULT_BACKEND_MAX_SLEEP_BETWEEN_RETRIES_MS = 2000
 CELERY_REDIS_SOCKET_KEEPALIVE = True
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT

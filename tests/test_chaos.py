@@ -35,7 +35,7 @@ CHAOS_SETTINGS = {
     "CELERY_VISIBILITY_TIMEOUT": "15",
     "CELERY_UNACKED_RESTORE_INTERVAL": "1",
     "CELERY_MAX_DELIVERIES": "3",
-    "CELERY_LOG_LEVEL": "INFO",
+    "CELERY_LOG_LEVEL": "WARNING",
 }
 AOF_EVERYSEC = ("--appendonly", "yes", "--appendfsync", "everysec")
 
@@ -127,8 +127,6 @@ def wait_for_effects(expected: int, timeout: float = 900, on_tick=None, stall: f
     return done
 
 
-# wip: a run with 268 child kills lost 1 of 10,000 (no dead letter); see docs/reliability.md.
-@pytest.mark.wip
 def test_r1_killing_worker_children_and_main_processes_loses_nothing(chaos, start_worker):
     stack = chaos(*AOF_EVERYSEC)
     total = 10_000
@@ -177,9 +175,7 @@ def test_r1_killing_worker_children_and_main_processes_loses_nothing(chaos, star
     ("variant", "redis_args", "stop_signal"),
     [
         ("aof-everysec-sigterm", AOF_EVERYSEC, signal.SIGTERM),
-        # wip: lost 1 of 10,000 in a CI run (passed 0 lost in two runs before); see
-        # docs/reliability.md.
-        pytest.param("aof-everysec-sigkill", AOF_EVERYSEC, signal.SIGKILL, marks=pytest.mark.wip),
+        ("aof-everysec-sigkill", AOF_EVERYSEC, signal.SIGKILL),
     ],
 )
 def test_r2_restarting_redis_mid_run_loses_nothing_with_aof(

@@ -38,7 +38,7 @@ CHAOS_SETTINGS = {
     "CELERY_VISIBILITY_TIMEOUT": "15",
     "CELERY_UNACKED_RESTORE_INTERVAL": "1",
     "CELERY_MAX_DELIVERIES": "3",
-    "CELERY_LOG_LEVEL": "INFO",
+    "CELERY_LOG_LEVEL": "WARNING",
 }
 
 
@@ -270,7 +270,6 @@ def test_a_task_runs_through_sentinel_and_its_result_comes_back(sentinel_stack, 
 
 
 @pytest.mark.chaos
-@pytest.mark.wip
 @pytest.mark.django_db(transaction=True)
 def test_r6_sentinel_failover_under_load_loses_nothing(sentinel_stack, start_worker):
     from taskcore import outbox
@@ -327,12 +326,16 @@ def test_r6_sentinel_failover_under_load_loses_nothing(sentinel_stack, start_wor
             kill["resumed_s"] = round(time.monotonic() - kill["at"], 2)
 
     deadline = time.monotonic() + int(os.environ.get("CHAOS_TIMEOUT", "900"))
-    effects = 0
+    effects, last_effects, last_progress = 0, -1, time.monotonic()
     while time.monotonic() < deadline:
         effects = EffectClaim.objects.filter(scope="chaos").count()
         kill_primary_once(effects)
         if effects >= total:
             break
+        if effects != last_effects:
+            last_effects, last_progress = effects, time.monotonic()
+        elif time.monotonic() - last_progress > 90:
+            break  # stalled: report what is missing rather than wait for the deadline
         time.sleep(0.1)
     stop_relay.set()
     relay_thread.join(30)
