@@ -241,9 +241,11 @@ class AtomicReserveMixin:
     # -- consuming ----------------------------------------------------------------
 
     def basic_consume(self, queue, no_ack, *args, **kwargs):
-        if no_ack:
+        if no_ack and queue not in self._fanout_queues:
             # Nobody acknowledges: a reservation would come back after the
             # visibility timeout as a duplicate. Plain pops, as kombu does.
+            # (Fanout queues, e.g. Celery's gossip and broadcast, are pub/sub:
+            # they are never popped, reserved or acknowledged.)
             self._plain_pops = True
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 

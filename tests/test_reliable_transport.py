@@ -80,9 +80,14 @@ DIE_ON_DELIVERY = textwrap.dedent(
     # consumer got it: a kill -9 of the worker at that instant.
     virtual.Transport._deliver = lambda *args, **kwargs: os._exit(3)
     queue = Queue("rt", Exchange("rt", type="direct"), routing_key="rt")
+    # Like a Celery worker: a no_ack consumer of a fanout queue (gossip, broadcast
+    # control) on the same channel as the task consumer.
+    gossip = Queue("rt-gossip", Exchange("rt-events", type="fanout"), auto_delete=True)
     with Connection(url, transport=transport) as conn:
-        with Consumer(conn.channel(), [queue], callbacks=[lambda body, message: None]):
-            conn.drain_events(timeout=10)
+        channel = conn.channel()
+        with Consumer(channel, [gossip], no_ack=True, callbacks=[lambda body, message: None]):
+            with Consumer(channel, [queue], callbacks=[lambda body, message: None]):
+                conn.drain_events(timeout=10)
     """
 )
 
