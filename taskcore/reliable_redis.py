@@ -127,7 +127,7 @@ class AtomicReserveQoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag):
         channel = self.channel
-        if channel._plain_pops or not channel.active_queues:
+        if not channel.active_queues:
             return super().ack(delivery_tag)
         if not channel._pending_acks:
             channel._pending_acks_since = monotonic()
@@ -154,7 +154,10 @@ class AtomicReserveMixin:
         # the bells once a reservation came back empty.
         self._expect_messages = True
         self._pending_reply: str | None = None
-        self._plain_pops = False
+        # Queues consumed without acknowledgement (see basic_consume).
+        self._no_ack_queues: set[str] = set()
+        # How the BRPOP in flight was sent: kombu's plain pop, or ours.
+        self._pending_plain = False
         # Acknowledged tags not yet removed from ``unacked`` (see AtomicReserveQoS.ack).
         self._pending_acks: list[str] = []
         self._pending_acks_since = 0.0
@@ -243,11 +246,27 @@ class AtomicReserveMixin:
     def basic_consume(self, queue, no_ack, *args, **kwargs):
         if no_ack and queue not in self._fanout_queues:
             # Nobody acknowledges: a reservation would come back after the
-            # visibility timeout as a duplicate. Plain pops, as kombu does.
-            # (Fanout queues, e.g. Celery's gossip and broadcast, are pub/sub:
-            # they are never popped, reserved or acknowledged.)
-            self._plain_pops = True
+            # visibility timeout as a duplicate. While such a consumer is active
+            # (e.g. a reply queue of `celery inspect`, for a second), the channel
+            # pops as kombu does. (Fanout queues, e.g. Celery's gossip and
+            # broadcast, are pub/sub: never popped, reserved or acknowledged.)
+            self._no_ack_queues.add(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag):
+        # kombu runs this after the read in progress, if any (see its basic_cancel).
+        queue = self._tag_to_queue.get(consumer_tag)
+        self._flush_acks_quietly()
+        result = super()._basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._no_ack_queues.discard(queue)
+        return result
+
+    @property
+    def _plain_pops(self) -> bool:
+        return bool(self._no_ack_queues) and not self._no_ack_queues.isdisjoint(
+            self.active_queues
+        )
 
     def basic_get(self, queue, no_ack=False, **kwargs):
         try:
@@ -269,7 +288,8 @@ class AtomicReserveMixin:
         return messages[0][1]
 
     def _brpop_start(self, timeout=None):
-        if self._plain_pops:
+        self._pending_plain = self._plain_pops
+        if self._pending_plain:
             return super()._brpop_start(timeout)
         if timeout is None:
             timeout = self.brpop_timeout
@@ -288,7 +308,7 @@ class AtomicReserveMixin:
         self.client.connection.send_command(*command)
 
     def _brpop_read(self, **options):
-        if self._plain_pops:
+        if self._pending_plain:
             return super()._brpop_read(**options)
         pending, self._pending_reply = self._pending_reply, None
         try:
@@ -406,10 +426,6 @@ class AtomicReserveMixin:
             raise
         except Exception:  # kombu logged the unroutable message already
             logger.debug("no bell for an unroutable restored message", exc_info=True)
-
-    def basic_cancel(self, consumer_tag):
-        self._flush_acks_quietly()
-        return super().basic_cancel(consumer_tag)
 
     def close(self):
         self._flush_acks_quietly()
