@@ -25,6 +25,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from taskcore.base import PermanentError
+from taskcore.fanout import publish_many
 from taskcore.outbox import send_after_commit
 
 from . import conf
@@ -193,18 +194,15 @@ def send_batches_after_commit(delivery_ids: list[int]) -> None:
 def enqueue_batches(delivery_ids: list[int]) -> int:
     """Publish ``send_delivery_batch`` tasks of EMAIL_BATCH_SIZE ids now; return how many.
 
-    For a worker fanning out a campaign, and for repairs: one broker connection
-    and producer for all of them, so 10,000 recipients are a hundred publishes
-    on one connection. If publishing fails half way, the caller's task retries
-    and publishes the still-queued deliveries again; claims absorb the repeats.
+    For a worker fanning out a campaign, and for repairs: ``publish_many``, one
+    broker connection and pipelined publishes for all of them. If publishing fails
+    half way, the caller's task retries and publishes the still-queued deliveries
+    again; claims absorb the repeats.
     """
     from .tasks import send_delivery_batch
 
     batches = _batches(delivery_ids)
-    if batches:
-        with send_delivery_batch.app.producer_or_acquire() as producer:
-            for batch in batches:
-                send_delivery_batch.apply_async(args=[batch], producer=producer)
+    publish_many(send_delivery_batch, ([batch] for batch in batches))
     return len(batches)
 
 

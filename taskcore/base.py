@@ -80,7 +80,7 @@ def backoff_delay(
     return (rng or random).uniform(0, ceiling)
 
 
-def _reject_model_instances(values) -> None:
+def reject_model_instances(values) -> None:
     for value in values:
         if isinstance(value, Model):
             raise TypeError(
@@ -98,8 +98,8 @@ class BaseTask(Task):
     backoff_cap: float | None = None
 
     def apply_async(self, args=None, kwargs=None, **options):
-        _reject_model_instances(args or ())
-        _reject_model_instances((kwargs or {}).values())
+        reject_model_instances(args or ())
+        reject_model_instances((kwargs or {}).values())
         return super().apply_async(args, kwargs, **options)
 
     def __call__(self, *args, **kwargs):

@@ -1,19 +1,29 @@
-"""Bulk fan-out: publish many calls of one task over one connection and producer.
+"""Bulk fan-out: publish many calls of one task, fast.
 
-``task.delay()`` in a loop takes a producer (and its connection) from the pool
-and gives it back for every message. ``publish_many`` holds one producer, on
-one broker connection, for the whole batch (a campaign's thousands of batches).
-Every
-message still goes through the task's own ``apply_async`` (argument checks,
-``sent_at`` header, ``before_task_publish`` signals), so what a worker receives
-is exactly what ``delay()`` would have sent.
+``task.delay()`` in a loop pays, per message: a producer taken from the pool,
+Celery's option merging and routing, a Redis round trip, and a second publish
+for the ``task-sent`` event. ``publish_many`` pays once what is the same for
+every message of the batch:
 
-On Redis the messages (and their ``task-sent`` events) are written through
-kombu's publish batches: one pipelined round trip per :data:`PIPELINE_SIZE`
-commands instead of one per message. A failed round trip raises kombu's
-``BatchPublishError`` ("delivery is uncertain"): some messages of that chunk may
-have been queued, so the tasks must be idempotent (ours are). On RabbitMQ
-messages are published one by one, each confirmed.
+- one producer on one broker connection for the whole batch;
+- the route (queue, exchange, routing key) computed once;
+- on Redis, kombu's publish batches: one pipelined round trip per
+  :data:`PIPELINE_SIZE` commands instead of one per message;
+- the ``task-sent`` events (when ``task_send_sent_event`` is on) sent as
+  grouped ``task.multi`` messages, which Celery's event receivers (Flower,
+  ``celery_monitor``) unpack, instead of one publish each.
+
+Each message is still Celery's own (``create_task_message``), published by
+``send_task_message``: the ``before_task_publish`` signal runs (our ``sent_at``
+header), arguments are checked like ``BaseTask.apply_async`` checks them (no
+model instances). Options: ``queue``, ``priority``, ``countdown``, ``expires``,
+``ignore_result``; shared by every message. B1 in docs/benchmarks.md: 2x the
+rate of ``apply_async`` in a loop.
+
+A failed round trip raises kombu's ``BatchPublishError`` ("delivery is
+uncertain"): some messages of that chunk may have been queued, so the tasks
+must be idempotent (ours are). On RabbitMQ messages are published one by one,
+each confirmed.
 
 Publish after the transaction that wrote the rows commits (``transaction.on_commit``),
 as for any task.
@@ -26,9 +36,16 @@ from typing import Any
 
 from celery import Task
 from celery.result import AsyncResult
+from kombu.utils.uuid import uuid
 
-# Redis commands per pipelined round trip (a message is 2-3 commands, its event 1).
+from .base import reject_model_instances
+
+# Redis commands per pipelined round trip (a message is 2-3 commands).
 PIPELINE_SIZE = 500
+# task-sent events per grouped event message.
+EVENTS_PER_MESSAGE = 500
+ROUTING_OPTIONS = ("queue", "priority")
+MESSAGE_OPTIONS = ("countdown", "expires", "ignore_result")
 
 
 def publish_many(
@@ -37,15 +54,70 @@ def publish_many(
     kwargs: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> list[AsyncResult]:
-    """Send ``task(*args, **kwargs)`` for every ``args`` in ``arg_tuples``; return the results.
-
-    ``options`` are ``apply_async`` options shared by every message (``queue``,
-    ``countdown``, ``priority``...).
-    """
+    """Send ``task(*args, **kwargs)`` for every ``args`` in ``arg_tuples``; return the results."""
+    unknown = set(options) - set(ROUTING_OPTIONS) - set(MESSAGE_OPTIONS)
+    if unknown:
+        raise TypeError(f"publish_many does not take {sorted(unknown)}; use apply_async")
+    app = task.app
+    kwargs = dict(kwargs or {})
+    reject_model_instances(kwargs.values())
+    route = app.amqp.router.route(
+        {key: options[key] for key in ROUTING_OPTIONS if key in options},
+        task.name,
+        (),
+        kwargs,
+        task,
+    )
+    message_options = {key: options[key] for key in MESSAGE_OPTIONS if key in options}
+    message_options.setdefault("ignore_result", task.ignore_result)
+    send_events = bool(app.conf.task_send_sent_event)
     results = []
-    with task.app.producer_or_acquire() as producer, producer.batch(max_size=PIPELINE_SIZE):
-        for args in arg_tuples:
-            results.append(
-                task.apply_async(tuple(args), dict(kwargs or {}), producer=producer, **options)
-            )
+    with app.producer_or_acquire() as producer:
+        events = _SentEvents(app, producer, route) if send_events else None
+        with producer.batch(max_size=PIPELINE_SIZE):
+            for args in arg_tuples:
+                args = tuple(args)
+                reject_model_instances(args)
+                task_id = uuid()
+                message = app.amqp.create_task_message(
+                    task_id,
+                    task.name,
+                    args,
+                    kwargs,
+                    create_sent_event=send_events,
+                    **message_options,
+                )
+                if events is not None:
+                    # Grouped below instead of published one by one by send_task_message.
+                    events.add(message.sent_event)
+                    message = message._replace(sent_event=None)
+                app.amqp.send_task_message(producer, task.name, message, **route)
+                results.append(app.AsyncResult(task_id))
+        if events is not None:
+            events.flush()
     return results
+
+
+class _SentEvents:
+    """``task-sent`` events of a fan-out, published as grouped ``task.multi`` messages."""
+
+    def __init__(self, app, producer, route):
+        queue = route.get("queue")
+        exchange = route.get("exchange")
+        self.where = {
+            "queue": getattr(queue, "name", queue),
+            "exchange": getattr(exchange, "name", exchange) or "",
+            "routing_key": route.get("routing_key") or getattr(queue, "routing_key", ""),
+        }
+        self.dispatcher = app.events.Dispatcher(
+            producer.connection, buffer_group=["task"], buffer_limit=EVENTS_PER_MESSAGE
+        )
+
+    def add(self, fields: dict) -> None:
+        self.dispatcher.send("task-sent", **fields, **self.where)
+
+    def flush(self) -> None:
+        try:
+            self.dispatcher.flush()
+        finally:
+            self.dispatcher.close()

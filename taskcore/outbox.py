@@ -55,12 +55,12 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     that survive JSON (queue, countdown, priority, expires as seconds).
     Returns the OutboxMessage; its id is the task id.
     """
-    from .base import _reject_model_instances
+    from .base import reject_model_instances
     from .models import OutboxMessage
 
     args, kwargs = list(args or ()), dict(kwargs or {})
-    _reject_model_instances(args)
-    _reject_model_instances(kwargs.values())
+    reject_model_instances(args)
+    reject_model_instances(kwargs.values())
     message = OutboxMessage.objects.create(
         task_name=_task_name(task), args=args, kwargs=kwargs, options=options
     )

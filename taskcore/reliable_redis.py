@@ -264,9 +264,7 @@ class AtomicReserveMixin:
 
     @property
     def _plain_pops(self) -> bool:
-        return bool(self._no_ack_queues) and not self._no_ack_queues.isdisjoint(
-            self.active_queues
-        )
+        return bool(self._no_ack_queues) and not self._no_ack_queues.isdisjoint(self.active_queues)
 
     def basic_get(self, queue, no_ack=False, **kwargs):
         try:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 
 from taskcore.fanout import publish_many
@@ -46,3 +51,45 @@ def test_model_instances_are_still_refused():
     user = get_user_model()(pk=7, username="ada")
     with pytest.raises(TypeError, match="not model instances"):
         publish_many(debug_task, [(user,)])
+
+
+def test_options_publish_many_cannot_honour_are_refused():
+    with pytest.raises(TypeError, match=r"does not take \['link'\]"):
+        publish_many(debug_task, [("a",)], link=debug_task.s("b"))
+
+
+@pytest.mark.django_db
+def test_messages_carry_sent_at_and_task_sent_events_arrive_grouped():
+    from admin_backend.celery import app
+
+    received = []
+    ready = threading.Event()
+
+    def listen():
+        with app.connection_for_read() as connection:
+
+            def on_sent(event):
+                received.append(event)
+                if len(received) >= 30:
+                    receiver.should_stop = True
+
+            receiver = app.events.Receiver(connection, handlers={"task-sent": on_sent})
+            ready.set()
+            try:
+                receiver.capture(timeout=20, wakeup=False)
+            except TimeoutError:
+                pass  # asserted below: what arrived
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(10)
+    time.sleep(0.5)  # the receiver's subscription is in place
+    results = publish_many(debug_task, [(f"m{i}",) for i in range(30)])
+    listener.join(25)
+
+    assert sorted(event["uuid"] for event in received) == sorted(r.id for r in results)
+    assert {event["queue"] for event in received} == {"default"}
+    queued = redis.Redis.from_url(app.conf.broker_url).lrange("default", 0, -1)
+    headers = [json.loads(raw)["headers"] for raw in queued]
+    assert {h["id"] for h in headers} == {r.id for r in results}
+    assert all(isinstance(h["sent_at"], float) for h in headers)
