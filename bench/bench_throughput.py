@@ -134,6 +134,8 @@ def produce(system: str, workload: str, count: int, mode: str) -> dict:
 
         signals.before_task_publish.disconnect(stamp_sent_at)
     started = time.time()
+    if mode == "fanout" and system == "dramatiq":
+        mode = "delay"  # Dramatiq's send() is its bulk way already (one LPUSH each)
     if mode == "fanout":
         from taskcore.fanout import publish_many
 
