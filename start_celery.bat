@@ -629,13 +629,15 @@ exit /b 0
 
 :stop_from_outside
 rem --stop: a warm shutdown of this host's workers, then close every AU-VLP window.
+rem The worker services' names come from the queue table, as when they started.
 set "NODES="
+set "SERVICES=smtp beat flower web"
 for %%M in ("" "--groups") do (
     for /f "usebackq tokens=1,2,* delims=	" %%A in (`""%VPY%" deploy\preflight.py worker-commands --windows %%~M"`) do (
         set "NODES=!NODES!,%%B"
+        set "SERVICES=!SERVICES! %%A"
     )
 )
-set "SERVICES=smtp worker worker-io worker-mail worker-cpu worker-batch worker-ops beat flower web"
 if defined NODES set "NODES=%NODES:~1%"
 call :stop_services
 call :ok "all services stopped"
