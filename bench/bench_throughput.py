@@ -1,6 +1,6 @@
 """B1: throughput of tiny tasks, our full stack against bare Celery and Dramatiq.
 
-    .venv/bin/pip install -e ".[bench]"                 # Dramatiq, the peer
+    .venv/bin/pip install -e ".[bench]"                 # Dramatiq (else: auto-installed)
     .venv/bin/python bench/bench_throughput.py          # 20,000 tasks x 2 workloads x 3 runs
     .venv/bin/python bench/bench_throughput.py --tasks 5000 --runs 1 --systems ours \\
         --ours-shape solo:1:32:2                         # try another worker shape
@@ -409,6 +409,21 @@ def redis_version(bench: Bench) -> str:
     return bench.client.info("server")["redis_version"]
 
 
+# The peer, as pyproject.toml's "bench" extra pins it.
+PEER_REQUIREMENT = "dramatiq[redis]>=1.17,<3"
+
+
+def ensure_peer_installed() -> None:
+    """Install Dramatiq into this interpreter's environment when it is missing."""
+    try:
+        import dramatiq  # noqa: F401
+    except ImportError:
+        print(f"# installing the peer: {PEER_REQUIREMENT}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", PEER_REQUIREMENT], check=True
+        )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -437,6 +452,8 @@ def main(argv=None) -> None:
 
     systems = options.systems.split(",")
     workloads = options.workloads.split(",")
+    if "dramatiq" in systems or options.publish_only:
+        ensure_peer_installed()
     bench = Bench(options)
     results = []
     try:
