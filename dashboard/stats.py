@@ -110,11 +110,6 @@ def _write_outcomes(items: list[tuple]) -> None:
 _outcomes = FlushingBuffer("dashboard-task-stats", _write_outcomes, max_items=1000)
 
 
-def flush() -> int:
-    """Write this process's buffered outcomes now."""
-    return _outcomes.flush()
-
-
 def on_prerun(task_id=None, **kwargs):
     if task_id:
         _started[task_id] = time.monotonic()

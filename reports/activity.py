@@ -71,11 +71,6 @@ def record_run(*, task_id, task_name, queue, state, runtime, retries, exception=
     )
 
 
-def flush_task_runs() -> int:
-    """Write the runs this process has buffered now (tests, and before a report)."""
-    return _runs.flush()
-
-
 @signals.task_prerun.connect(dispatch_uid="reports.task_run.prerun")
 def on_task_prerun(task_id=None, **kwargs):
     if conf.record_task_runs() and task_id:

@@ -90,10 +90,6 @@ class FlushingBuffer:
             return 0
         return len(items)
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._items)
-
     def _ensure_thread(self) -> None:
         pid = os.getpid()
         if self._pid == pid:

@@ -208,6 +208,24 @@ def test_no_ack_consumers_keep_kombus_plain_pops(url, client):
     assert client.hlen("unacked") == 0
 
 
+def settings_value(expression: str, broker_url: str) -> str:
+    """What ``expression`` (over Django's settings, ``s``) prints for that broker URL."""
+    code = (
+        "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
+        f"django.setup();from django.conf import settings as s;print({expression})"
+    )
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_RESULT_BACKEND": "redis://h:6379/0",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 @pytest.mark.parametrize(
     ("url", "transport"),
     [
@@ -218,16 +236,7 @@ def test_no_ack_consumers_keep_kombus_plain_pops(url, client):
     ],
 )
 def test_settings_choose_the_atomic_transport_for_redis_urls(url, transport):
-    code = (
-        "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
-        "django.setup();from django.conf import settings as s;"
-        "print(getattr(s, 'CELERY_BROKER_TRANSPORT', None))"
-    )
-    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": "redis://h:6379/0"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
-    )
-    assert out.stdout.strip() == transport, out.stderr
+    assert settings_value("getattr(s, 'CELERY_BROKER_TRANSPORT', None)", url) == transport
 
 
 def test_a_publish_no_replica_acknowledged_raises_not_replicated(url, client):
@@ -268,13 +277,5 @@ def test_a_publish_returns_once_the_replica_has_it(private_redis):
     ("url", "replica_acks"), [("redis://h:6379/0", "0"), ("sentinel://h:26379", "1")]
 )
 def test_publishes_wait_for_a_replica_behind_sentinel_by_default(url, replica_acks):
-    code = (
-        "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
-        "django.setup();from django.conf import settings as s;"
-        "print(s.CELERY_BROKER_TRANSPORT_OPTIONS['replica_acks'])"
-    )
-    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": "redis://h:6379/0"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
-    )
-    assert out.stdout.strip() == replica_acks, out.stderr
+    value = settings_value("s.CELERY_BROKER_TRANSPORT_OPTIONS['replica_acks']", url)
+    assert value == replica_acks
