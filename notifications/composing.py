@@ -7,18 +7,22 @@ without it (an ``&`` in a name must not become ``&amp;`` in plain text).
 
 from __future__ import annotations
 
+import functools
 import re
-from email.utils import formataddr
+from dataclasses import dataclass
+from email.utils import formataddr, formatdate, quote
 
 from django.conf import settings
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives
+from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
+from django.core.mail.message import sanitize_address
 from django.template import Context, TemplateDoesNotExist, TemplateSyntaxError, engines
 from django.template.loader import get_template
 from django.urls import reverse
 from django.utils.safestring import mark_safe
 
-from . import conf
+from . import conf, mime
 from .addresses import EmailInputError, clean_subject
 from .models import Campaign, Delivery
 
@@ -104,6 +108,83 @@ def unsubscribe_url_base() -> str:
     return conf.site_url() + path.removesuffix("TOKEN/")
 
 
+@dataclass
+class Outgoing:
+    """One rendered message for one recipient, and the two ways to send it."""
+
+    subject: str
+    text: str
+    html: str
+    name: str
+    address: str
+    headers: dict[str, str]
+
+    def django_message(self, connection=None) -> EmailMultiAlternatives:
+        message = EmailMultiAlternatives(
+            subject=self.subject,
+            body=self.text,
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            to=[_display_address(self.name, self.address)],
+            headers=self.headers,
+            connection=connection,
+        )
+        if self.html:
+            message.attach_alternative(self.html, "text/html")
+        return message
+
+    def as_bytes(self) -> bytes:
+        """What goes after DATA: our serialiser, or Django's for what it does not cover."""
+        data = mime.serialise(
+            sender=_from_header(),
+            recipient_name=self.name,
+            recipient_address=self.address,
+            subject=self.subject,
+            date=formatdate(localtime=settings.EMAIL_USE_LOCALTIME),
+            message_id=self.headers["Message-ID"],
+            text=self.text,
+            html=self.html,
+            extra_headers={k: v for k, v in self.headers.items() if k != "Message-ID"},
+        )
+        if data is None:
+            data = self.django_message().message().as_bytes(linesep="\r\n")
+        return data
+
+    def send(self, connection) -> None:
+        """Send over an open Django email backend; SMTP errors are smtplib's, as raised."""
+        smtp = getattr(connection, "connection", None)
+        if isinstance(connection, SMTPBackend) and smtp is not None:
+            # The bytes straight to smtplib: what Django's backend does after
+            # building the message, without building it through the email package.
+            envelope_to = self.address if self.address.isascii() else _sanitised(self.address)
+            smtp.sendmail(_from_header(), [envelope_to], self.as_bytes())
+        else:  # console, file, locmem and third-party backends take Django messages
+            connection.send_messages([self.django_message(connection)])
+
+
+def _display_address(name: str, address: str) -> str:
+    if not name:
+        return address
+    if address.isascii():
+        return formataddr((name, address))  # quotes or RFC 2047-encodes the name
+    # formataddr refuses a non-ASCII address; Django's sanitize_address, which
+    # parses this string again, encodes the name and the domain (IDNA).
+    return f'"{quote(name)}" <{address}>'
+
+
+def _sanitised(address: str) -> str:
+    return sanitize_address(address, settings.DEFAULT_CHARSET)
+
+
+@functools.cache
+def _from_header_for(from_email: str) -> str:
+    return _sanitised(from_email)
+
+
+def _from_header() -> str:
+    # Settings can change under override_settings; the cache keys on the value.
+    return _from_header_for(settings.DEFAULT_FROM_EMAIL)
+
+
 class MessageComposer:
     """Builds each delivery's message; compiles a campaign's templates once per batch."""
 
@@ -113,7 +194,7 @@ class MessageComposer:
         self._mailto = conf.unsubscribe_mailto()
         self._unsubscribe_base = unsubscribe_url_base()
 
-    def compose(self, delivery: Delivery, connection) -> EmailMultiAlternatives:
+    def compose(self, delivery: Delivery) -> Outgoing:
         headers = {"Message-ID": delivery.message_id}
         if delivery.campaign_id:
             subject, text, html = self._render_campaign(delivery, headers)
@@ -124,17 +205,7 @@ class MessageComposer:
                 notification.text_body,
                 notification.html_body,
             )
-        message = EmailMultiAlternatives(
-            subject=clean_subject(subject),
-            body=text,
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            to=[formataddr((delivery.name, delivery.email))],
-            headers=headers,
-            connection=connection,
-        )
-        if html:
-            message.attach_alternative(html, "text/html")
-        return message
+        return Outgoing(clean_subject(subject), text, html, delivery.name, delivery.email, headers)
 
     def _render_campaign(self, delivery: Delivery, headers: dict) -> tuple[str, str, str]:
         campaign = delivery.campaign

@@ -192,8 +192,7 @@ def _send_one(delivery, connection, composer, unsubscribed) -> _Result:
     if delivery.campaign_id and delivery.email in unsubscribed:
         return _Result(delivery.pk, Status.SKIPPED, error="unsubscribed")
     try:
-        message = composer.compose(delivery, connection)
-        connection.send_messages([message])
+        composer.compose(delivery).send(connection)
     except EmailInputError as exc:
         return _Result(delivery.pk, Status.FAILED, error=str(exc))
     except PER_MESSAGE_ANSWERS as exc:

@@ -312,12 +312,18 @@ def test_campaign_mail_has_list_unsubscribe_and_the_link_unsubscribes(
                 "gone@example.org",
                 "<i>Evil</i> <eve@example.org>",
                 '"Núñez, Zoë" <Zoe@Example.org>',
+                "Ünal <unal@bücher.example>",  # an international domain: sent as IDNA
             ]
         )
     )
 
     assert mail_server.count_by_recipient() == Counter(
-        {"ann@example.org": 1, "eve@example.org": 1, "zoe@example.org": 1}
+        {
+            "ann@example.org": 1,
+            "eve@example.org": 1,
+            "zoe@example.org": 1,
+            "unal@xn--bcher-kva.example": 1,
+        }
     )
     skipped = campaign.deliveries.get(email="gone@example.org")
     assert (skipped.status, skipped.error) == (Status.SKIPPED, "unsubscribed")
@@ -326,6 +332,8 @@ def test_campaign_mail_has_list_unsubscribe_and_the_link_unsubscribes(
     zoe = by_recipient["zoe@example.org"]
     assert zoe["To"].addresses[0].display_name == "Núñez, Zoë"
     assert zoe["Subject"] == "News for Núñez, Zoë"
+    unal = by_recipient["unal@xn--bcher-kva.example"]
+    assert unal["To"].addresses[0].display_name == "Ünal"
     assert eve["Subject"] == "News for <i>Evil</i>"
     assert "<p>Hello <b>&lt;i&gt;Evil&lt;/i&gt;</b></p>" in eve.get_body(("html",)).get_content()
     assert "Hello <i>Evil</i> & friends," in eve.get_body(("plain",)).get_content()
