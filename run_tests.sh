@@ -34,19 +34,30 @@ echo "== ruff format --check"
 echo "== shellcheck"
 "$VENV_DIR/bin/shellcheck" start_celery.sh run_tests.sh .ci/run
 
-# The operations dashboard's browser tests drive Debian's Chromium (no browser download).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages some tests drive, installed when missing and we may (root, apt):
+# Chromium for the dashboard's browser tests (no browser download), Wine for
+# start_celery.bat (its cmd.exe runs the batch file). With TEST_BROWSER=always or
+# TEST_WINE=always (CI) a missing one is an error instead of skipped tests.
+require_debian_tool() {  # command, package(s), "always" if required, [apt-get options]
+    local command="$1" packages="$2" required="$3" options="${4:-}"
+    if command -v "$command" >/dev/null 2>&1; then
+        return 0
+    fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing chromium for the browser tests"
-        { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; } \
-            >var-apt.log 2>&1 || { cat var-apt.log; echo "chromium could not be installed" >&2; }
+        echo "== installing $packages for the tests"
+        # shellcheck disable=SC2086  # the package and option lists are meant to split
+        { apt-get install -y $options $packages ||
+            { apt-get update && apt-get install -y $options $packages; }; } \
+            >var-apt.log 2>&1 || { cat var-apt.log; echo "$packages could not be installed" >&2; }
         rm -f var-apt.log
     fi
-    if ! command -v chromium >/dev/null 2>&1 && [ "${TEST_BROWSER:-auto}" = "always" ]; then
-        echo "chromium is required (TEST_BROWSER=always): install Debian's chromium package" >&2
+    if ! command -v "$command" >/dev/null 2>&1 && [ "$required" = "always" ]; then
+        echo "$command is required here: install Debian's $packages" >&2
         exit 1
     fi
-fi
+}
+require_debian_tool chromium chromium "${TEST_BROWSER:-auto}"
+require_debian_tool wine "wine64 wine" "${TEST_WINE:-auto}" --no-install-recommends
 
 echo "== pytest (SQLite)"
 if [ $# -eq 0 ]; then
