@@ -9,7 +9,9 @@ limit changes in ``admin_backend/queues.py`` only.
     python -m admin_backend.worker_commands --json       # machine-readable
 
 A group whose queues have ``autoscale=(max, min)`` gets ``--autoscale=max,min``
-instead of ``--concurrency``.
+instead of ``--concurrency``. A group with ``worker_processes=N`` (N > 1) is N
+lines, ``worker-<group>-1`` ... with node names ``<group>-1@%h`` ...: separate
+worker processes of the same shape on this host.
 """
 
 from __future__ import annotations
@@ -119,6 +121,23 @@ def for_group(group: str) -> WorkerCommand:
     )
 
 
+def processes_of_group(group: str) -> list[WorkerCommand]:
+    """The group's worker processes on one host (``worker_processes`` of them)."""
+    command = for_group(group)
+    count = queues.worker_groups()[group][0].worker_processes
+    if count == 1:
+        return [command]
+    node = f"--hostname={group}@%h"
+    return [
+        WorkerCommand(
+            f"{command.name}-{index}",
+            command.queues,
+            tuple(f"--hostname={group}-{index}@%h" if arg == node else arg for arg in command.args),
+        )
+        for index in range(1, count + 1)
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", action="store_true", help="one worker per worker group")
@@ -126,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of shell lines")
     options = parser.parse_args(argv)
     if options.group:
-        commands = [for_group(options.group)]
+        commands = processes_of_group(options.group)
     elif options.groups:
-        commands = [for_group(group) for group in queues.worker_groups()]
+        commands = [c for group in queues.worker_groups() for c in processes_of_group(group)]
     else:
         commands = [all_in_one()]
     if options.json:

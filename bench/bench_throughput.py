@@ -244,14 +244,15 @@ class Bench:
         from admin_backend import queues, worker_commands
 
         group = queues.QUEUES_BY_NAME[queues.DEFAULT_QUEUE].worker_group
-        command = list(worker_commands.for_group(group).args)
-        workers = 1
-        if self.options.ours_shape:
+        # The table's processes for the group (worker_processes of them, own node names).
+        table = [list(c.args) for c in worker_commands.processes_of_group(group)]
+        if not self.options.ours_shape:
+            commands = table
+        else:
             shape = parse_shape(self.options.ours_shape)
-            workers = shape["workers"]
             command = [
                 arg
-                for arg in command
+                for arg in table[0]
                 if not arg.startswith(
                     ("--pool=", "--concurrency=", "--prefetch-multiplier=", "--max-")
                 )
@@ -263,16 +264,14 @@ class Bench:
             ]
             if shape["pool"] == "prefork":
                 command.append("--max-tasks-per-child=1000")
-        command = [sys.executable, "-m", *command, "--include=bench.bench_throughput"]
-        commands = []
-        for i in range(workers):
-            commands.append(
+            commands = [
                 [
                     arg.replace("@%h", f"-b1w{i}@%h") if arg.startswith("--hostname") else arg
                     for arg in command
                 ]
-            )
-        return commands
+                for i in range(shape["workers"])
+            ]
+        return [[sys.executable, "-m", *c, "--include=bench.bench_throughput"] for c in commands]
 
     def start_workers(self, system: str) -> None:
         env = self.system_env(system)

@@ -252,3 +252,20 @@ def test_a_burst_grows_the_mail_pool_to_its_max_and_idle_shrinks_it_to_its_min(a
     text = io.StringIO()
     Console(file=text, width=200).print(MonitorCommand().render(snapshot))
     assert f"{TEST_MIN} (autoscale {TEST_MIN}-{TEST_MAX})" in text.getvalue()
+
+
+@pytest.mark.parametrize("processes", [0, -1, 1.5, True, "2"])
+def test_worker_processes_must_be_a_whole_number_of_at_least_one(processes):
+    default = replace(queues.QUEUES_BY_NAME["default"], worker_processes=processes)
+    table = (*[s for s in queues.QUEUES if s.name != "default"], default)
+    problems = queues.table_problems(table)
+    assert (
+        f"queue 'default': worker_processes must be a whole number >= 1, got {processes!r}"
+        in problems
+    )
+
+
+def test_a_group_whose_queues_disagree_on_worker_processes_is_refused():
+    maintenance_in_io = replace(queues.QUEUES_BY_NAME["maintenance"], worker_group="io")
+    problems = queues.table_problems((queues.QUEUES_BY_NAME["default"], maintenance_in_io))
+    assert any("its queues disagree on worker_processes" in problem for problem in problems)

@@ -17,12 +17,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
 from admin_backend import queues
+from admin_backend.worker_commands import processes_of_group
 from taskcore.testing.redis_server import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -162,12 +164,14 @@ def test_every_queue_is_consumed_by_the_default_worker_and_by_the_groups(service
     assert f"--queues={','.join(queues.QUEUE_NAMES)}" in everything["command"]
 
     grouped = [name for name in workers if name != "celery-worker"]
-    assert sorted(grouped) == sorted(f"worker-{group}" for group in queues.worker_groups())
-    consumed = []
+    processes = [c.name for g in queues.worker_groups() for c in processes_of_group(g)]
+    assert sorted(grouped) == sorted(processes)
+    consumed = Counter()
     for name in grouped:
         assert workers[name]["profiles"] == ["groups"]
-        consumed += re.search(r"--queues=(\S+)", workers[name]["command"]).group(1).split(",")
-    assert sorted(consumed) == sorted(queues.QUEUE_NAMES)  # each queue exactly once
+        consumed.update(re.search(r"--queues=(\S+)", workers[name]["command"]).group(1).split(","))
+    # Each queue by its own group only, in as many processes as the table says.
+    assert consumed == Counter({spec.name: spec.worker_processes for spec in queues.QUEUES})
 
 
 def test_restart_policy_and_healthcheck_of_every_service(services):
@@ -191,7 +195,7 @@ def test_restart_policy_and_healthcheck_of_every_service(services):
 
 def test_health_checks_are_the_specs(services):
     for name, service in worker_services(services).items():
-        node = re.search(r"--hostname=(\w+)@%h", service["command"]).group(1)
+        node = re.search(r"--hostname=([\w-]+)@%h", service["command"]).group(1)
         assert (
             f"celery -A admin_backend inspect ping -d {node}@$$HOSTNAME"
             in service["healthcheck"]["test"][1]

@@ -24,6 +24,7 @@ import redis
 import yaml
 
 from admin_backend import queues
+from admin_backend.worker_commands import processes_of_group
 from taskcore.testing.redis_server import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -267,8 +268,10 @@ def test_check_in_group_mode_lists_one_worker_per_group(script_env):
     result = run_to_end(["--check", "--no-setup", "--no-smtp", "--groups"], script_env)
     assert result.returncode == 0, result.stdout + result.stderr
     for group in queues.worker_groups():
-        assert f"would start worker-{group}: " in result.stdout
-        assert f"--hostname={group}@%h" in result.stdout
+        for process in processes_of_group(group):  # worker_processes lines per group
+            node = next(arg for arg in process.args if arg.startswith("--hostname="))
+            assert f"would start {process.name}: " in result.stdout
+            assert node in result.stdout
 
 
 def test_check_unknown_group_fails_with_the_known_ones(script_env):

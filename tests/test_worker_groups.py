@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from admin_backend import queues
-from admin_backend.worker_commands import for_group
+from admin_backend.worker_commands import for_group, processes_of_group
 from taskcore import brokers
 from taskcore.models import EffectClaim
 
@@ -116,3 +116,30 @@ def test_two_groups_consume_disjoint_queues_and_one_survives_the_other(
     # The group comes back and finds its waiting work.
     start_worker(mail_queues, concurrency=1, name="mail")
     assert wait_until(lambda: effect_done("groups-email-2"), 30)
+
+
+def test_the_io_group_runs_the_tables_processes_which_share_the_default_queue(app, start_worker):
+    spec = queues.QUEUES_BY_NAME[queues.DEFAULT_QUEUE]
+    processes = processes_of_group(spec.worker_group)
+    assert len(processes) == spec.worker_processes == 2
+    nodes = [arg for process in processes for arg in process.args if arg.startswith("--hostname")]
+    assert nodes == ["--hostname=io-1@%h", "--hostname=io-2@%h"]  # one node name each
+
+    app.control.purge()
+    workers = [
+        start_worker(
+            list(process.queues), pool=spec.pool, concurrency=spec.concurrency, name=process.name
+        )
+        for process in processes
+    ]
+    keys = [f"io-processes-{index}" for index in range(120)]
+    for key in keys:
+        app.send_task(EFFECT_TASK, args=[key], queue=spec.name, ignore_result=True)
+    assert wait_until(lambda: all(effect_done(key) for key in keys), 60)
+
+    # Both processes took a share of the queue (each holds at most its prefetch).
+    stats = app.control.inspect(destination=[w.hostname for w in workers], timeout=2).stats()
+    ran = {node: sum(node_stats.get("total", {}).values()) for node, node_stats in stats.items()}
+    assert set(ran) == {w.hostname for w in workers}
+    assert all(count > 0 for count in ran.values()), ran
+    assert sum(ran.values()) >= len(keys)
