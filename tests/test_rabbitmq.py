@@ -33,6 +33,7 @@ from kombu import Connection
 
 from admin_backend import queues
 from taskcore import brokers
+from taskcore.fanout import publish_many
 from taskcore.models import DeadLetter, EffectClaim
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -274,6 +275,24 @@ def test_each_task_is_routed_to_its_queue_on_rabbitmq(rabbit):
         rabbit.client.send_task(task_name, args=[], ignore_result=True)
     wait_until(lambda: all(depth == 1 for depth in rabbit.depths().values()), timeout=10)
     assert rabbit.depths() == dict.fromkeys(queues.QUEUE_NAMES, 1)
+
+
+def test_publish_many_declares_a_missing_queue_so_every_message_lands(rabbit, test_redis):
+    """publish_many declares the queue once per call, not per message: it must still do so."""
+    with rabbit.client.connection_for_write() as connection:
+        connection.default_channel.queue_delete("reports")
+    fresh = client_app(rabbit.url, test_redis.url)  # nothing declared on its connections yet
+
+    @fresh.task(name=EFFECT_TASK, ignore_result=True)
+    def record_effect(key):
+        return key
+
+    try:
+        publish_many(record_effect, [(f"fan-{index}",) for index in range(5)], queue="reports")
+        assert wait_until(lambda: rabbit.depths()["reports"] == 5, timeout=10)
+    finally:
+        brokers.declare_queues(rabbit.client)  # for the tests after this one
+        fresh.close()
 
 
 def test_the_depth_reader_counts_messages_and_consumers(rabbit, start_worker):
