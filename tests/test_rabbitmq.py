@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from celery import Celery
 from kombu import Connection
+from kombu import pools as kombu_pools
 
 from admin_backend import queues
 from taskcore import brokers
@@ -281,7 +282,10 @@ def test_publish_many_declares_a_missing_queue_so_every_message_lands(rabbit, te
     """publish_many declares the queue once per call, not per message: it must still do so."""
     with rabbit.client.connection_for_write() as connection:
         connection.default_channel.queue_delete("reports")
-    fresh = client_app(rabbit.url, test_redis.url)  # nothing declared on its connections yet
+    # kombu remembers what each pooled connection declared, process-wide (its
+    # producer pools are global, keyed by URL): start from connections that have not.
+    kombu_pools.reset()
+    fresh = client_app(rabbit.url, test_redis.url)
 
     @fresh.task(name=EFFECT_TASK, ignore_result=True)
     def record_effect(key):
