@@ -191,7 +191,7 @@ echo a service that dies is restarted, a health summary is printed every minute.
 echo Press S here to stop everything gracefully (running tasks finish).
 echo.
 echo Options:
-echo   --groups            one worker per worker group of admin_backend\queues.py
+echo   --groups            the worker groups of admin_backend\queues.py (worker_processes each)
 echo   --group NAME        only the worker of group NAME
 echo   --no-worker         do not start any worker
 echo   --no-beat           do not start Celery beat

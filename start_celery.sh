@@ -43,7 +43,7 @@ everything with a warm shutdown (running tasks finish, nothing queued is lost);
 a second Ctrl-C forces.
 
 Options:
-  --groups            one worker per worker group of admin_backend/queues.py
+  --groups            the worker groups of admin_backend/queues.py (worker_processes each)
                       (default: one worker consuming every queue)
   --group NAME        only the worker of group NAME (e.g. on a dedicated host)
   --no-worker         do not start any worker
