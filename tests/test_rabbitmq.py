@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from celery import Celery
 from kombu import Connection
-from kombu import pools as kombu_pools
+from kombu.pools import ProducerPool
 
 from admin_backend import queues
 from taskcore import brokers
@@ -282,10 +282,11 @@ def test_publish_many_declares_a_missing_queue_so_every_message_lands(rabbit, te
     """publish_many declares the queue once per call, not per message: it must still do so."""
     with rabbit.client.connection_for_write() as connection:
         connection.default_channel.queue_delete("reports")
-    # kombu remembers what each pooled connection declared, process-wide (its
-    # producer pools are global, keyed by URL): start from connections that have not.
-    kombu_pools.reset()
+    # kombu remembers what each connection declared, and Celery's connection and
+    # producer pools are kombu's global ones for the URL: give this app its own,
+    # on a connection that has declared nothing.
     fresh = client_app(rabbit.url, test_redis.url)
+    fresh.amqp._producer_pool = ProducerPool(fresh.connection_for_write().Pool(limit=1), limit=1)
 
     @fresh.task(name=EFFECT_TASK, ignore_result=True)
     def record_effect(key):
@@ -296,7 +297,8 @@ def test_publish_many_declares_a_missing_queue_so_every_message_lands(rabbit, te
         assert wait_until(lambda: rabbit.depths()["reports"] == 5, timeout=10)
     finally:
         brokers.declare_queues(rabbit.client)  # for the tests after this one
-        fresh.close()
+        # Only this pool: fresh.close() would close the global one the other tests use.
+        fresh.amqp._producer_pool.force_close_all()
 
 
 def test_the_depth_reader_counts_messages_and_consumers(rabbit, start_worker):
