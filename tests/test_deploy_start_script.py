@@ -25,6 +25,7 @@ import yaml
 
 from admin_backend import queues
 from admin_backend.worker_commands import processes_of_group
+from taskcore.testing import default_interrupt_handling
 from taskcore.testing.redis_server import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ class ScriptRun:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_interrupt_handling,  # the tests press Ctrl-C
         )
 
     def output(self) -> str:

@@ -22,6 +22,7 @@ import pytest
 from admin_backend.queues import QUEUE_NAMES
 from taskcore.health.redis_queues import RedisLayout
 from taskcore.health.schema import REPORT_SCHEMA
+from taskcore.testing import default_interrupt_handling
 from taskcore.testing.redis_server import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -283,6 +284,7 @@ def test_watch_repeats_until_interrupted_and_exits_with_the_last_status():
          "--format", "json", "--only", "config"],
         cwd=BASE_DIR, env={**os.environ, "CELERY_VISIBILITY_TIMEOUT": "100"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_interrupt_handling,
     )  # fmt: skip
     lines = [process.stdout.readline() for _ in range(3)]
     process.send_signal(signal.SIGINT)
