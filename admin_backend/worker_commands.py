@@ -92,7 +92,8 @@ def all_in_one() -> WorkerCommand:
     )
 
 
-def for_group(group: str) -> WorkerCommand:
+def for_group(group: str, instance: int | None = None) -> WorkerCommand:
+    """The group's worker command; ``instance`` numbers one of its worker processes."""
     groups = queues.worker_groups()
     if group not in groups:
         raise SystemExit(f"unknown worker group {group!r}; groups: {', '.join(sorted(groups))}")
@@ -105,12 +106,13 @@ def for_group(group: str) -> WorkerCommand:
     memory = [spec.max_memory_per_child_kb for spec in specs if spec.max_memory_per_child_kb]
     # The table's validation guarantees one autoscale value per group.
     autoscale = specs[0].autoscale
+    node = group if instance is None else f"{group}-{instance}"
     return WorkerCommand(
-        f"worker-{group}",
+        f"worker-{node}",
         tuple(spec.name for spec in specs),
         _base_args(
             queue_names=[spec.name for spec in specs],
-            hostname=f"{group}@%h",
+            hostname=f"{node}@%h",
             pool=pools.pop(),
             concurrency=max(spec.concurrency for spec in specs),
             prefetch=min(spec.prefetch_multiplier for spec in specs),
@@ -123,19 +125,11 @@ def for_group(group: str) -> WorkerCommand:
 
 def processes_of_group(group: str) -> list[WorkerCommand]:
     """The group's worker processes on one host (``worker_processes`` of them)."""
-    command = for_group(group)
+    command = for_group(group)  # an unknown group ends here, with the known ones named
     count = queues.worker_groups()[group][0].worker_processes
     if count == 1:
         return [command]
-    node = f"--hostname={group}@%h"
-    return [
-        WorkerCommand(
-            f"{command.name}-{index}",
-            command.queues,
-            tuple(f"--hostname={group}-{index}@%h" if arg == node else arg for arg in command.args),
-        )
-        for index in range(1, count + 1)
-    ]
+    return [for_group(group, index) for index in range(1, count + 1)]
 
 
 def main(argv: list[str] | None = None) -> None:
