@@ -121,3 +121,36 @@ def private_redis(test_work_dir, request):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _other_database_sessions_end_before_teardown(django_db_setup, django_db_blocker):
+    """On PostgreSQL, wait for the workers' sessions to end before the test database is dropped.
+
+    A worker that has exited leaves its server-side session for a moment; DROP DATABASE
+    then fails ("being accessed by other users") and the test database is left on the
+    server. Sessions still there after the wait are named, since they are a leak.
+    """
+    yield
+    import time
+    import warnings
+
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    query = (
+        "SELECT pid, application_name, state FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with django_db_blocker.unblock():
+        deadline = time.monotonic() + 10
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute(query)
+                others = cursor.fetchall()
+            if not others or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    if others:
+        warnings.warn(f"sessions still on the test database: {others}", stacklevel=1)
