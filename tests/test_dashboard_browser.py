@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connections
 
 from maintenance.tasks import health_check_task
 from taskcore.models import DeadLetter
@@ -52,6 +53,10 @@ def browser(monkeypatch):
         )
         yield browser
         browser.close()
+        # The test's ORM calls ran while Playwright's loop was running, so Django kept
+        # their connection apart from the one pytest-django closes: close it here, or
+        # its idle session keeps the test database from being dropped.
+        connections.close_all()
 
 
 @pytest.fixture
