@@ -288,7 +288,9 @@ def test_publish_many_declares_a_missing_queue_so_every_message_lands(rabbit, te
     fresh = client_app(rabbit.url, test_redis.url)
     fresh.amqp._producer_pool = ProducerPool(fresh.connection_for_write().Pool(limit=1), limit=1)
 
-    @fresh.task(name=EFFECT_TASK, ignore_result=True)
+    # shared=False: a shared task would be added to every app finalised after this
+    # test (the Sentinel tests' clients), shadowing the real task of that name.
+    @fresh.task(name=EFFECT_TASK, ignore_result=True, shared=False)
     def record_effect(key):
         return key
 
