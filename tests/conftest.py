@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 
 from admin_backend.celery import app as celery_app
 from taskcore.testing.redis_server import free_port, start_redis
+from taskcore.testing.waiting import wait_until
 from taskcore.testing.workers import WorkerProcess
 
 
@@ -132,25 +133,23 @@ def _other_database_sessions_end_before_teardown(django_db_setup, django_db_bloc
     server. Sessions still there after the wait are named, since they are a leak.
     """
     yield
-    import time
     import warnings
 
     from django.db import connection
 
     if connection.vendor != "postgresql":
         return
-    query = (
-        "SELECT pid, application_name, state FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
+
+    def sessions_left() -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, application_name, state FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchall()
+
     with django_db_blocker.unblock():
-        deadline = time.monotonic() + 10
-        while True:
-            with connection.cursor() as cursor:
-                cursor.execute(query)
-                others = cursor.fetchall()
-            if not others or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    if others:
-        warnings.warn(f"sessions still on the test database: {others}", stacklevel=1)
+        if wait_until(lambda: not sessions_left(), timeout=10):
+            return
+        others = sessions_left()
+    warnings.warn(f"sessions still on the test database: {others}", stacklevel=1)

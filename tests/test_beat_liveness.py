@@ -20,19 +20,10 @@ from taskcore.beat_liveness import (
     BeatLockHeld,
     read_heartbeat,
 )
+from taskcore.testing.waiting import wait_for
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 FAST = {"BEAT_HEARTBEAT_INTERVAL": "0.3", "BEAT_LOCK_TTL": "5"}
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 class Beat:

@@ -17,22 +17,13 @@ from maintenance.tasks import health_check_task
 from taskcore.health import run_health
 from taskcore.models import DeadLetter
 from taskcore.testing.tasks import fails_permanently
+from taskcore.testing.waiting import wait_for
 
 PAGE = "/admin/operations/"
 DATA = "/admin/operations/data.json"
 ACTION = "/admin/operations/workers/action"
 REPLAY = "/admin/operations/dead-letters/replay"
 QUEUES = ["default", "email", "media", "reports", "maintenance"]
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def grant(user, *codenames: str):

@@ -24,6 +24,7 @@ from notifications import delivery, services
 from notifications.addresses import EmailInputError
 from notifications.models import Campaign, Delivery, Notification, Unsubscribe
 from notifications.tasks import send_email_message
+from taskcore.testing import waiting
 from taskcore.testing.redis_server import free_port
 
 Status = Delivery.Status
@@ -34,13 +35,7 @@ WAIT = 90
 
 
 def wait_for(predicate, timeout: float = WAIT, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s")
+    return waiting.wait_for(predicate, timeout, interval, what)
 
 
 class ScriptedSmtpHandler:

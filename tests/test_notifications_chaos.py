@@ -27,20 +27,11 @@ from django.db import transaction
 from notifications import services
 from notifications.models import Campaign, Delivery
 from taskcore.testing.redis_server import free_port
+from taskcore.testing.waiting import wait_for
 
 RECIPIENTS = 500
 KILL_CHILD_AT = 150  # the 150th DATA command
 KILL_WORKER_AT = 350
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def wait_until_dead(pid: int, timeout: float = 10) -> None:
@@ -140,7 +131,7 @@ def test_a_500_recipient_campaign_arrives_once_each_through_two_kill_9s(start_wo
         wait_for(
             lambda: Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.DONE,
             120,  # an upper bound on a shared machine, not a timing
-            "campaign done",
+            what="campaign done",
         )
     finally:
         controller.stop()

@@ -36,6 +36,7 @@ from admin_backend import queues
 from taskcore import brokers
 from taskcore.fanout import publish_many
 from taskcore.models import DeadLetter, EffectClaim
+from taskcore.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -215,15 +216,6 @@ def rabbit(rabbit_vhost, test_redis, monkeypatch, worker_database_url):
         stack.redis.delete(key)
     yield stack
     stack.purge()
-
-
-def wait_until(condition, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    value = condition()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = condition()
-    return value
 
 
 def wait_for_effects(expected: int, timeout: float, on_tick=None, stall: float = 90) -> int:

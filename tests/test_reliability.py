@@ -7,7 +7,6 @@ import random
 import smtplib
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,9 @@ from taskcore.idempotency import claim_effect, effect_done, effect_once
 from taskcore.models import DeadLetter, OutboxMessage
 from taskcore.tasks import debug_task
 from taskcore.testing.tasks import fails_permanently, fails_transiently
+from taskcore.testing.waiting import wait_for
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # --- pure functions ------------------------------------------------------------

@@ -110,13 +110,3 @@ def wait_for_export(export: ExportRequest, timeout: float = 60) -> ExportRequest
             return export
         time.sleep(0.1)
     raise AssertionError(f"export #{export.pk} still {export.status} after {timeout}s")
-
-
-def wait_for(predicate, timeout: float = 20, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")

@@ -21,12 +21,12 @@ from test_reports_support import (
     make_tricky_records,
     read_csv,
     read_xlsx,
-    wait_for,
     wait_for_export,
 )
 
 from reports import services
 from reports.models import ExportRequest, SampleRecord, TaskRun
+from taskcore.testing.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

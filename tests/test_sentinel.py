@@ -26,6 +26,7 @@ from celery import Celery
 from admin_backend import queues
 from taskcore.models import DeadLetter, EffectClaim, OutboxMessage
 from taskcore.testing.redis_server import free_port, redis_server_binary
+from taskcore.testing.waiting import wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 FIGURES_FILE = PROJECT_DIR / "var" / "chaos-figures.json"
@@ -48,15 +49,6 @@ def record_figures(name: str, figures: dict) -> None:
     existing[name] = figures
     FIGURES_FILE.write_text(json.dumps(existing, indent=2, sort_keys=True))
     print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), file=sys.__stdout__)
-
-
-def wait_until(condition, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    value = condition()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = condition()
-    return value
 
 
 class SentinelCluster:

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,20 +21,12 @@ from admin_backend import queues
 from admin_backend.worker_commands import for_group, processes_of_group
 from taskcore import brokers
 from taskcore.models import EffectClaim
+from taskcore.testing.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 EFFECT_TASK = "taskcore.testing.record_effect"
-
-
-def wait_until(condition, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    value = condition()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = condition()
-    return value
 
 
 def effect_done(key: str) -> bool:
