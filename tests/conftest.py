@@ -41,11 +41,25 @@ def app():
 
 
 @pytest.fixture(scope="session")
-def worker_database_url(django_db_setup, django_db_blocker) -> str:
-    from django.db import connection
+def worker_database_url(django_db_setup, django_db_blocker):
+    """The test database's URL, for worker processes; the test database exists.
 
+    pytest-django creates only the databases that tests marked ``django_db``
+    use. A test that only starts workers, run alone, would otherwise hand them
+    the real database.
+    """
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    created = None
     with django_db_blocker.unblock():
-        return database_url_for(connection.settings_dict)
+        if connection.settings_dict["NAME"] != connection.creation._get_test_db_name():
+            created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+        url = database_url_for(connection.settings_dict)
+    yield url
+    if created:
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=0)
 
 
 @pytest.fixture
