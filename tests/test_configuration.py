@@ -102,3 +102,19 @@ def test_tls_urls_get_ssl_options(url, scheme):
         [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
     )
     assert out.stdout.strip() == str(scheme == "rediss")
+
+
+def test_a_worker_starts_without_deprecation_warnings_about_the_settings(start_worker, app):
+    """Celery reads CELERY_* Django settings under their own names: none is taken for an old one.
+
+    With ``namespace="CELERY"`` Celery matches CELERY_ACCEPT_CONTENT and its like
+    against its pre-4.0 names, and the worker logs a warning for each at start-up.
+    """
+    worker = start_worker(["default"])
+    startup = worker.output()
+
+    assert "ready." in startup
+    assert "Deprecat" not in startup, startup
+    assert "celery upgrade settings" not in startup, startup
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.task_default_queue == "default"
