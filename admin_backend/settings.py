@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -131,6 +132,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / env_or("STATIC_ROOT", str(VAR_DIR / "static"))
+# Until collectstatic has run (a fresh checkout, the tests) WhiteNoise would warn
+# "No directory at var/static/" at every start; an empty directory serves nothing.
+# Where it cannot be created, that warning is the right message.
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / env_or("MEDIA_ROOT", str(VAR_DIR / "media"))
 # Upload limits (media queue); renditions and storages: see media/conf.py.
