@@ -68,8 +68,8 @@ def wait_for_output(worker, text: str, timeout: float = 60) -> None:
 
 def control_and_problem_lines(worker, last: int = 60) -> str:
     """The worker's log lines about control commands, warnings and errors."""
-    marks = ("pidbox", "ontrol", "WARNING", "ERROR", "CRITICAL")
-    lines = [line for line in worker.output().splitlines() if any(m in line for m in marks)]
+    marks = ("pidbox", "control", "warning", "error", "critical")
+    lines = [line for line in worker.output().splitlines() if any(m in line.lower() for m in marks)]
     return "worker log (control commands and problems):\n" + "\n".join(lines[-last:])
 
 
