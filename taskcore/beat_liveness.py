@@ -12,8 +12,8 @@ fails, the periodic work just stops. So the scheduler below
   step; a beat that finds its lock taken by another stops;
 - releases the lock when it stops, so a restart does not wait for the TTL.
 
-Both keys live in the broker's Redis (the primary, behind Sentinel), or in the
-result backend's Redis when the broker is RabbitMQ.
+Both keys live in the state Redis (``taskcore.redis_clients.state_redis``: the
+broker's Redis, its primary behind Sentinel; ``REDIS_URL`` beside RabbitMQ).
 
 ``celery_health`` reads the heartbeat (check ``beat``): warning past
 ``BEAT_HEARTBEAT_WARNING`` seconds, critical past ``BEAT_HEARTBEAT_CRITICAL``.
@@ -36,7 +36,7 @@ import uuid
 from django_celery_beat.schedulers import DatabaseScheduler
 
 from taskcore.health import conf
-from taskcore.health.connections import liveness_redis
+from taskcore.redis_clients import state_redis
 
 HEARTBEAT_KEY = "admin_backend:beat:heartbeat"
 LOCK_KEY = "admin_backend:beat:lock"
@@ -155,7 +155,7 @@ class BeatLiveness:
     @classmethod
     def for_app(cls, app) -> BeatLiveness:
         return cls(
-            liveness_redis(app, timeout=5.0),
+            state_redis(app),
             interval=conf.number("BEAT_HEARTBEAT_INTERVAL"),
             ttl=conf.number("BEAT_LOCK_TTL"),
         )

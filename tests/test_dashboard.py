@@ -46,7 +46,7 @@ def staff(django_user_model):
 @pytest.fixture(autouse=True)
 def clean_broker(app):
     """Each test starts with empty queues and no dashboard counters or samples."""
-    from taskcore.health.connections import broker_redis
+    from taskcore.redis_clients import broker_redis
 
     client = broker_redis(app, 5)
     client.flushdb()

@@ -68,7 +68,7 @@ def http_cookies(settings):
 
 @pytest.fixture
 def empty_queues(app):
-    from taskcore.health.connections import broker_redis
+    from taskcore.redis_clients import broker_redis
 
     client = broker_redis(app, 5)
     client.flushdb()

@@ -19,6 +19,7 @@ from taskcore import deadletters, outbox
 from taskcore.base import PermanentError, TransientError, backoff_delay, is_transient
 from taskcore.idempotency import claim_effect, effect_done, effect_once
 from taskcore.models import DeadLetter, OutboxMessage
+from taskcore.redis_clients import state_redis
 from taskcore.tasks import debug_task
 from taskcore.testing.tasks import fails_permanently, fails_transiently
 from taskcore.testing.waiting import wait_for
@@ -100,7 +101,7 @@ def test_a_dead_letter_waits_in_redis_while_the_database_is_away(start_worker, c
     result = fails_permanently.delay("while the database is away")
     with pytest.raises(PermanentError):
         result.get(timeout=20, propagate=True)
-    wait_for(lambda: deadletters._parking_redis().llen(deadletters.PARKED_KEY))
+    wait_for(lambda: state_redis().llen(deadletters.PARKED_KEY))
     assert not DeadLetter.objects.filter(task_id=result.id).exists()
 
     # Any relay (worker start-up, beat, the command) moves it into the database.
@@ -109,7 +110,7 @@ def test_a_dead_letter_waits_in_redis_while_the_database_is_away(start_worker, c
     letter = DeadLetter.objects.get(task_id=result.id)
     assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
     assert letter.args == ["while the database is away"]
-    assert deadletters._parking_redis().llen(deadletters.PARKED_KEY) == 0
+    assert state_redis().llen(deadletters.PARKED_KEY) == 0
 
 
 @pytest.mark.django_db(transaction=True)
