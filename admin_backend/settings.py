@@ -288,11 +288,14 @@ CELERY_BROKER_ATOMIC_RESERVE = env.bool("CELERY_BROKER_ATOMIC_RESERVE", default=
 # (rediss:// keeps kombu's transport: kombu turns TLS on from that scheme only.)
 _broker_scheme = CELERY_BROKER_URL.split("://", 1)[0].lower()
 if CELERY_BROKER_ATOMIC_RESERVE and _broker_scheme in ("redis", "sentinel"):
-    CELERY_BROKER_TRANSPORT = (
-        "taskcore.reliable_redis:SentinelTransport"
-        if _broker_scheme == "sentinel"
-        else "taskcore.reliable_redis:Transport"
-    )
+    # Registered under kombu's redis/sentinel aliases, not as CELERY_BROKER_TRANSPORT:
+    # the URL stays redis:// or sentinel:// for Celery, `celery inspect` and Flower
+    # (whose queue lengths answer only for those schemes). Every process that uses
+    # the app (worker, beat, flower, web, manage.py) loads these settings before
+    # its first broker connection.
+    from taskcore import reliable_redis
+
+    reliable_redis.use_for_redis_urls()
 
 if BROKER_KIND == brokers.SENTINEL:
     CELERY_BROKER_URL = brokers.with_password(CELERY_BROKER_URL, REDIS_PASSWORD)

@@ -27,16 +27,30 @@ What changes, and nothing else:
 
 Consumers with ``no_ack`` (they accept loss by definition) keep kombu's plain
 pops; everything else (publishing, fanout, acks, restoring from ``unacked``,
-Sentinel) is kombu's own. Selected by ``CELERY_BROKER_TRANSPORT`` in settings for
-``redis://`` and ``sentinel://`` URLs; see docs/reliability.md.
+Sentinel) is kombu's own.
+
+Selected by :func:`use_for_redis_urls` (called by the project's settings while
+``CELERY_BROKER_ATOMIC_RESERVE`` is on) under kombu's ``redis`` and ``sentinel``
+aliases, so the broker URL stays ``redis://`` / ``sentinel://`` for Celery,
+``celery inspect`` and Flower, and through a failover to the next URL.
+
+Upstream issues worked around (docs/reliability.md): celery/celery#7950 and
+celery/celery#4354 (a message popped and not yet in ``unacked`` is lost when
+the worker stops or dies); celery/kombu#582 (``conn_or_acquire`` raising
+``AttributeError`` on a closed channel). Not worked around, checked by
+``taskcore.config_audit``: an ETA beyond ``visibility_timeout`` runs twice
+(celery/kombu#337, celery/celery#2599). The kombu internals relied on are named
+in tests/test_transport_internals.py; pyproject pins the kombu release verified.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from importlib import resources
 from time import monotonic, time
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -53,49 +67,9 @@ ACK_FLUSH_SECONDS = 0.2
 # Messages reserved at once when the consumer sets no prefetch limit.
 UNLIMITED_PREFETCH_BATCH = 16
 
-# KEYS: the queue lists in the order to take from, then the bells, then the
-# unacked hash, its index and the unparseable list.
-# ARGV: number of queue lists, number of bells, most messages to take, now, most bells
-# kept, then the delivery tags acknowledged since the last call (removed first).
-# Returns {unparseable count, key1, message1, key2, message2, ...}.
-RESERVE_SCRIPT = """
-local n_queues, n_bells = tonumber(ARGV[1]), tonumber(ARGV[2])
-local limit, now, max_bells = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local unacked, index = KEYS[n_queues + n_bells + 1], KEYS[n_queues + n_bells + 2]
-local unparseable = KEYS[n_queues + n_bells + 3]
-for a = 6, #ARGV do
-    redis.call('ZREM', index, ARGV[a])
-    redis.call('HDEL', unacked, ARGV[a])
-end
-local out = {0}
-local taken = 0
-for i = 1, n_queues do
-    local key = KEYS[i]
-    while taken < limit do
-        local item = redis.call('RPOP', key)
-        if not item then break end
-        local ok, message = pcall(cjson.decode, item)
-        local properties = ok and type(message) == 'table' and message.properties
-        local tag = type(properties) == 'table' and properties.delivery_tag
-        local info = type(properties) == 'table' and properties.delivery_info
-        if type(tag) == 'string' and type(info) == 'table' then
-            redis.call('ZADD', index, now, tag)
-            redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(info.exchange)
-                .. ',' .. cjson.encode(info.routing_key) .. ']')
-            out[#out + 1] = key
-            out[#out + 1] = item
-            taken = taken + 1
-        else
-            redis.call('LPUSH', unparseable, item)
-            out[1] = out[1] + 1
-        end
-    end
-end
-for j = 1, n_bells do
-    redis.call('LTRIM', KEYS[n_queues + j], 0, max_bells - 1)
-end
-return out
-"""
+# Pops up to N messages and records them in ``unacked`` in one step; the file
+# documents its KEYS and ARGV.
+RESERVE_SCRIPT = (resources.files(__package__) / "lua" / "reserve.lua").read_text("utf-8")
 
 
 def bell_key(queue: str) -> str:
@@ -267,14 +241,12 @@ class AtomicReserveMixin:
         return bool(self._no_ack_queues) and not self._no_ack_queues.isdisjoint(self.active_queues)
 
     def basic_get(self, queue, no_ack=False, **kwargs):
-        try:
-            raw = super()._get(queue) if no_ack else self._get(queue)
+        if not no_ack:
+            return super().basic_get(queue, no_ack, **kwargs)  # reserves through _get
+        try:  # nobody acknowledges: kombu's plain pop (see basic_consume)
+            return self.Message(super()._get(queue), channel=self)
         except kombu_redis.Empty:
             return None
-        message = self.Message(raw, channel=self)
-        if not no_ack:
-            self.qos.append(message, message.delivery_tag)
-        return message
 
     def _get(self, queue):
         with self.conn_or_acquire() as client:
@@ -446,27 +418,25 @@ class NotReplicated(RedisConnectionError):
 
 
 class ReplicatedPublishBatch(kombu_redis.PublishBatch):
-    """kombu's publish batch, and one WAIT for the replicas per flushed pipeline."""
+    """kombu's publish batch, and one WAIT for the replicas per flushed pipeline.
 
-    def flush(self):
-        self._check_usable()
-        if not self._buffered:
-            return
-        channel = self.channel
-        self.pipeline.execute_command("WAIT", channel.replica_acks, channel.replica_ack_timeout)
-        try:
-            results = self.pipeline.execute()
+    kombu's ``flush`` runs ``pipeline.execute()`` once and turns any error into
+    ``BatchPublishError``; :class:`NotReplicated` raised from the wrapped execute
+    takes that path, as a failed write would.
+    """
+
+    def __init__(self, channel, max_size):
+        super().__init__(channel, max_size)
+        pipeline = self.pipeline
+        execute = pipeline.execute
+
+        def execute_and_wait(*args, **kwargs):
+            pipeline.execute_command("WAIT", channel.replica_acks, channel.replica_ack_timeout)
+            results = execute(*args, **kwargs)
             channel._check_replicated(results[-1])
-        except BaseException as exc:
-            self._failed = exc
-            self._buffered = 0
-            self.pipeline.reset()
-            if isinstance(exc, Exception):
-                raise kombu_redis.BatchPublishError(
-                    "Redis publish batch failed; delivery is uncertain"
-                ) from exc
-            raise
-        self._buffered = 0
+            return results
+
+        pipeline.execute = execute_and_wait
 
 
 _REPLICA_OPTIONS = ("replica_acks", "replica_ack_timeout")
@@ -477,7 +447,7 @@ class Channel(AtomicReserveMixin, kombu_redis.Channel):
 
 
 def _flush_acks_of(transport) -> None:
-    for channel in list(transport.cycle._channels):
+    for channel in list(transport.channels):
         if channel._pending_acks and (
             monotonic() - channel._pending_acks_since > ACK_FLUSH_SECONDS
         ):
@@ -485,13 +455,14 @@ def _flush_acks_of(transport) -> None:
 
 
 class AtomicReserveTransportMixin:
+    _ack_flush_timer = None
+
     def register_with_event_loop(self, connection, loop):
         super().register_with_event_loop(connection, loop)
         # An idle or paused consumer sends no reservation to carry its acks.
-        old = getattr(self.cycle, "_ack_flush_tref", None)
-        if old is not None:
-            old.cancel()
-        self.cycle._ack_flush_tref = loop.call_repeatedly(ACK_FLUSH_SECONDS, _flush_acks_of, self)
+        if self._ack_flush_timer is not None:
+            self._ack_flush_timer.cancel()
+        self._ack_flush_timer = loop.call_repeatedly(ACK_FLUSH_SECONDS, _flush_acks_of, self)
 
 
 class Transport(AtomicReserveTransportMixin, kombu_redis.Transport):
@@ -504,3 +475,18 @@ class SentinelChannel(AtomicReserveMixin, kombu_redis.SentinelChannel):
 
 class SentinelTransport(AtomicReserveTransportMixin, kombu_redis.SentinelTransport):
     Channel = SentinelChannel
+
+
+def use_for_redis_urls() -> None:
+    """Make ``redis://`` and ``sentinel://`` broker URLs select this transport, in this process.
+
+    kombu resolves a URL's scheme through its alias table (``TRANSPORT_ALIASES``,
+    documented for registering transports); Celery, Flower and ``celery inspect``
+    then show the URL unchanged. ``rediss://`` keeps kombu's transport (kombu
+    turns TLS on from that scheme only). Call it before the first broker
+    connection: kombu caches a resolved alias, so a stale entry is dropped here.
+    """
+    aliases = {"redis": f"{__name__}:Transport", "sentinel": f"{__name__}:SentinelTransport"}
+    kombu.transport.TRANSPORT_ALIASES.update(aliases)
+    for alias in aliases:
+        kombu.transport._transport_cache.pop(alias, None)

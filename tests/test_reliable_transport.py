@@ -22,7 +22,8 @@ from taskcore import reliable_redis
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OURS = "taskcore.reliable_redis:Transport"
-KOMBU = "redis"
+# The settings of this test run make the "redis" alias name ours (use_for_redis_urls).
+KOMBU = "kombu.transport.redis:Transport"
 
 
 @pytest.fixture
@@ -208,16 +209,18 @@ def test_no_ack_consumers_keep_kombus_plain_pops(url, client):
     assert client.hlen("unacked") == 0
 
 
-def settings_value(expression: str, broker_url: str) -> str:
-    """What ``expression`` (over Django's settings, ``s``) prints for that broker URL."""
+def settings_value(expression: str, broker_url: str, **environment: str) -> str:
+    """What ``expression`` (over Django's settings ``s`` and the Celery ``app``) prints."""
     code = (
         "import django,os;os.environ['DJANGO_SETTINGS_MODULE']='admin_backend.settings';"
-        f"django.setup();from django.conf import settings as s;print({expression})"
+        "django.setup();from django.conf import settings as s;"
+        f"from admin_backend.celery import app;print({expression})"
     )
     env = {
         **os.environ,
         "CELERY_BROKER_URL": broker_url,
         "CELERY_RESULT_BACKEND": "redis://h:6379/0",
+        **environment,
     }
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
@@ -226,17 +229,32 @@ def settings_value(expression: str, broker_url: str) -> str:
     return out.stdout.strip()
 
 
+BROKER_CONNECTION = (
+    "(lambda c: f'{c.get_transport_cls().__module__}:{c.get_transport_cls().__name__} "
+    "{c.as_uri()}')(app.connection_for_write())"
+)
+
+
 @pytest.mark.parametrize(
-    ("url", "transport"),
+    ("url", "atomic", "transport", "shown_as"),
     [
-        ("redis://h:6379/0", OURS),
-        ("sentinel://h:26379", "taskcore.reliable_redis:SentinelTransport"),
-        ("rediss://h:6380/0", "None"),
-        ("amqp://guest:guest@h:5672//", "None"),
+        ("redis://h:6379/0", "1", OURS, "redis://"),
+        ("sentinel://h:26379", "1", "taskcore.reliable_redis:SentinelTransport", "sentinel://"),
+        ("redis://h:6379/0", "0", KOMBU, "redis://"),
+        ("sentinel://h:26379", "0", "kombu.transport.redis:SentinelTransport", "sentinel://"),
+        ("rediss://h:6380/0", "1", KOMBU, "rediss://"),
+        ("amqp://guest:guest@h:5672//", "1", "kombu.transport.pyamqp:Transport", "amqp://"),
     ],
 )
-def test_settings_choose_the_atomic_transport_for_redis_urls(url, transport):
-    assert settings_value("getattr(s, 'CELERY_BROKER_TRANSPORT', None)", url) == transport
+def test_settings_choose_the_atomic_transport_and_the_url_stays_ordinary(
+    url, atomic, transport, shown_as
+):
+    """Celery, `celery inspect` and Flower see redis:// (Flower answers queue lengths only then)."""
+    shown = settings_value(BROKER_CONNECTION, url, CELERY_BROKER_ATOMIC_RESERVE=atomic)
+    chosen, uri = shown.split(" ", 1)
+    assert chosen == transport
+    assert uri.startswith(shown_as)
+    assert settings_value("getattr(s, 'CELERY_BROKER_TRANSPORT', None)", url) == "None"
 
 
 def test_a_publish_no_replica_acknowledged_raises_not_replicated(url, client):

@@ -1,0 +1,49 @@
+-- Atomic reservation for taskcore.reliable_redis: pop messages and record them
+-- as unacknowledged in one step, so a message is always in its queue or in
+-- kombu's unacked hash, never only in a consumer's memory.
+--
+-- KEYS: the queue lists in the order to take from, then the bells, then the
+--       unacked hash, its index (a sorted set) and the unparseable list.
+-- ARGV: number of queue lists, number of bells, most messages to take, now
+--       (seconds), most bells kept, then the delivery tags acknowledged since
+--       the last call (removed first: acks ride along with the reservation).
+-- Returns {unparseable count, key1, message1, key2, message2, ...}.
+--
+-- The unacked entry is the JSON array kombu's QoS.append writes:
+-- [message, exchange, routing_key].
+local n_queues, n_bells = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, now, max_bells = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local unacked, index = KEYS[n_queues + n_bells + 1], KEYS[n_queues + n_bells + 2]
+local unparseable = KEYS[n_queues + n_bells + 3]
+for a = 6, #ARGV do
+    redis.call('ZREM', index, ARGV[a])
+    redis.call('HDEL', unacked, ARGV[a])
+end
+local out = {0}
+local taken = 0
+for i = 1, n_queues do
+    local key = KEYS[i]
+    while taken < limit do
+        local item = redis.call('RPOP', key)
+        if not item then break end
+        local ok, message = pcall(cjson.decode, item)
+        local properties = ok and type(message) == 'table' and message.properties
+        local tag = type(properties) == 'table' and properties.delivery_tag
+        local info = type(properties) == 'table' and properties.delivery_info
+        if type(tag) == 'string' and type(info) == 'table' then
+            redis.call('ZADD', index, now, tag)
+            redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(info.exchange)
+                .. ',' .. cjson.encode(info.routing_key) .. ']')
+            out[#out + 1] = key
+            out[#out + 1] = item
+            taken = taken + 1
+        else
+            redis.call('LPUSH', unparseable, item)
+            out[1] = out[1] + 1
+        end
+    end
+end
+for j = 1, n_bells do
+    redis.call('LTRIM', KEYS[n_queues + j], 0, max_bells - 1)
+end
+return out
