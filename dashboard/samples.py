@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import time
 
+from taskcore.queues import queue_table
+
 from . import stats
 
 RANGES = {"hour": 3600, "day": 86400}
@@ -30,16 +32,16 @@ def key(range_name: str) -> str:
 
 
 def take_sample(app=None, now: float | None = None) -> dict:
-    from admin_backend.queues import QUEUE_NAMES
+    queue_names = queue_table().names
     from taskcore.health.context import HealthContext
 
     if app is None:
-        from admin_backend.celery import app
+        from celery import current_app as app
     now = time.time() if now is None else now
     snapshot = HealthContext(app, 5.0).queues()
-    throughput = stats.read(stats.stats_redis(), QUEUE_NAMES, now=now)
+    throughput = stats.read(stats.stats_redis(), queue_names, now=now)
     queues = {}
-    for name in QUEUE_NAMES:
+    for name in queue_names:
         depth = snapshot.queues[name]
         rates = throughput[name]
         queues[name] = {
@@ -74,14 +76,13 @@ def collect_sample(app=None) -> dict:
 
 def series(client, range_name: str = "hour", now: float | None = None) -> dict:
     """Samples of the range as columns: times, and per queue depth/age/throughput lists."""
-    from admin_backend.queues import QUEUE_NAMES
-
+    queue_names = queue_table().names
     now = time.time() if now is None else now
     seconds = RANGES.get(range_name, RANGES["hour"])
     raw = client.zrangebyscore(key(range_name), now - seconds, "+inf")
     times: list[float] = []
     queues = {
-        name: {"depth": [], "age": [], "throughput": [], "failed": []} for name in QUEUE_NAMES
+        name: {"depth": [], "age": [], "throughput": [], "failed": []} for name in queue_names
     }
     for member in raw:
         try:

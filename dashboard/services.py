@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from django.apps import apps as django_apps
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
-from admin_backend.queues import QUEUES
+from taskcore import contributions
 from taskcore.health import run_health
+from taskcore.queues import queue_table
 
 from . import samples, stats
 from .models import OperatorAction
@@ -32,7 +32,7 @@ LAST_SEEN_TTL = 24 * 3600
 
 def _app(app=None):
     if app is None:
-        from admin_backend.celery import app
+        from celery import current_app as app
     return app
 
 
@@ -55,7 +55,7 @@ def _guard(errors: dict, part: str, compute, default):
 # --- queues ----------------------------------------------------------------------
 def queue_rows(report, throughput: dict) -> list[dict]:
     rows = []
-    for spec in QUEUES:
+    for spec in queue_table().specs:
         result = report.get(f"queue.{spec.name}")
         data = result.data if result else {}
         rows.append(
@@ -195,67 +195,8 @@ def beat_entries() -> list[dict]:
 
 # --- work in progress ------------------------------------------------------------
 def work_in_progress(limit: int = 20) -> dict:
-    result: dict[str, list] = {}
-    if django_apps.is_installed("notifications"):
-        from notifications.models import Campaign, Delivery
-
-        campaigns = Campaign.objects.filter(
-            status__in=(Campaign.Status.QUEUED, Campaign.Status.SENDING)
-        ).order_by("created_at")[:limit]
-        rows = []
-        for campaign in campaigns:
-            counts = dict(
-                campaign.deliveries.values_list("status").annotate(n=Count("id")).order_by()
-            )
-            total = sum(counts.values())
-            pending = sum(counts.get(status, 0) for status in Delivery.PENDING)
-            rows.append(
-                {
-                    "id": campaign.pk,
-                    "name": campaign.name,
-                    "status": campaign.status,
-                    "done": total - pending,
-                    "total": total,
-                    "counts": counts,
-                    "started_at": _iso(campaign.started_at),
-                }
-            )
-        result["campaigns"] = rows
-    if django_apps.is_installed("reports"):
-        from reports.models import ExportRequest
-
-        exports = ExportRequest.objects.filter(
-            status__in=(ExportRequest.Status.PENDING, ExportRequest.Status.RUNNING)
-        ).order_by("created_at")[:limit]
-        result["exports"] = [
-            {
-                "id": export.pk,
-                "name": str(export),
-                "status": export.status,
-                "done": export.rows_done,
-                "total": export.rows_total,
-                "started_at": _iso(export.started_at),
-            }
-            for export in exports
-        ]
-    if django_apps.is_installed("media"):
-        from media.models import Upload
-
-        busy = Upload.objects.filter(
-            status__in=(Upload.Status.PENDING, Upload.Status.PROCESSING)
-        ).order_by("created_at")
-        result["uploads"] = [
-            {
-                "id": upload.pk,
-                "name": upload.original_name,
-                "status": upload.status,
-                "size_bytes": upload.size_bytes,
-                "created_at": _iso(upload.created_at),
-            }
-            for upload in busy[:limit]
-        ]
-        result["uploads_waiting"] = busy.count()
-    return result
+    """Campaigns, exports, uploads under way: what the installed apps registered."""
+    return contributions.work_in_progress(limit)
 
 
 def recent_actions(limit: int = 10) -> list[dict]:
@@ -293,9 +234,7 @@ def snapshot(app=None, *, range_name: str = "hour", with_series: bool = True) ->
     errors: dict[str, str] = {}
     report = run_health(app)
     client = stats.stats_redis()
-    throughput = _guard(
-        errors, "throughput", lambda: stats.read(client, [q.name for q in QUEUES]), {}
-    )
+    throughput = _guard(errors, "throughput", lambda: stats.read(client, queue_table().names), {})
     data = {
         "generated_at": _iso(time.time()),
         "status": report.status.value,
@@ -360,7 +299,7 @@ def control_worker(user, action: str, worker: str, queue: str = "", app=None) ->
         raise ActionError("no worker named")
     arguments: dict = {}
     if action in (OperatorAction.Kind.CANCEL_CONSUMER, OperatorAction.Kind.ADD_CONSUMER):
-        if queue not in {spec.name for spec in QUEUES}:
+        if queue not in queue_table().by_name:
             raise ActionError(f"unknown queue {queue!r}")
         arguments["queue"] = queue
     if action in (OperatorAction.Kind.POOL_GROW, OperatorAction.Kind.POOL_SHRINK):

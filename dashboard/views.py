@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from admin_backend.queues import QUEUE_NAMES
+from taskcore.queues import queue_table
 
 from . import services
 from .models import OperatorAction
@@ -40,7 +40,7 @@ def page(request):
     context = {
         **admin.site.each_context(request),
         "title": "Operations dashboard",
-        "queue_names": QUEUE_NAMES,
+        "queue_names": queue_table().names,
         "poll_seconds": float(request.GET.get("poll") or POLL_SECONDS),
         "can_control": request.user.has_perm(CONTROL_PERMISSION),
         "can_replay": request.user.has_perm(REPLAY_PERMISSION),

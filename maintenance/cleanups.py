@@ -8,7 +8,6 @@ it is interrupted (the next run continues).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from taskcore import contributions
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,9 @@ def old_effect_claims(report: CleanupReport) -> None:
 
 
 def expired_task_results(report: CleanupReport) -> None:
-    from admin_backend.celery import app
+    from celery import current_app
 
-    backend = app.backend
+    backend = current_app.backend
     if type(backend).__name__.startswith("Redis"):
         report.details.append("Redis result backend: results expire by TTL (result_expires)")
         report.removed["task_results"] = 0
@@ -125,47 +126,49 @@ def old_log_files(report: CleanupReport) -> None:
     report.removed["log_files"] = removed
 
 
-def _optional(module: str, function: str) -> Callable[[CleanupReport], None]:
-    """A cleanup provided by another app's services, if that app provides it."""
+def _contributed(name: str, cleanup: contributions.Cleanup) -> Callable[[CleanupReport], None]:
+    """A cleanup another app registered (taskcore.contributions), reporting what it removed."""
 
     def run(report: CleanupReport) -> None:
-        try:
-            target = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError):
-            report.details.append(f"{module}.{function} is not available: skipped")
-            return
-        result = target()
+        result = cleanup()
         if isinstance(result, dict):
             report.removed.update(
                 {key: int(value) for key, value in result.items() if isinstance(value, int)}
             )
         elif isinstance(result, int):
-            report.removed[function] = result
+            report.removed[name] = result
 
     return run
 
 
-CLEANUPS: dict[str, Callable[[CleanupReport], None]] = {
+OWN_CLEANUPS: dict[str, Callable[[CleanupReport], None]] = {
     "expired_sessions": expired_sessions,
     "old_dead_letters": old_dead_letters,
     "published_outbox_rows": published_outbox_rows,
     "old_effect_claims": old_effect_claims,
     "expired_task_results": expired_task_results,
     "old_log_files": old_log_files,
-    "expired_exports": _optional("reports.services", "delete_expired_exports"),
-    "media_orphans": _optional("media.cleanup", "delete_orphans"),
-    "old_task_runs": _optional("reports.services", "delete_old_task_runs"),
 }
 
 
+def all_cleanups() -> dict[str, Callable[[CleanupReport], None]]:
+    """This app's cleanups and those the installed apps registered, by name."""
+    contributed = {
+        name: _contributed(name, cleanup)
+        for name, cleanup in contributions.registered_cleanups().items()
+    }
+    return {**contributed, **OWN_CLEANUPS}
+
+
 def run_cleanup(name: str) -> CleanupReport:
-    if name not in CLEANUPS:
+    cleanups = all_cleanups()
+    if name not in cleanups:
         from taskcore.base import PermanentError
 
-        raise PermanentError(f"unknown cleanup {name!r}; known: {', '.join(sorted(CLEANUPS))}")
+        raise PermanentError(f"unknown cleanup {name!r}; known: {', '.join(sorted(cleanups))}")
     report = CleanupReport(name)
     started = time.perf_counter()
-    CLEANUPS[name](report)
+    cleanups[name](report)
     report.seconds = round(time.perf_counter() - started, 3)
     logger.info("cleanup %s removed %s", name, report.removed)
     return report

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .cleanups import CLEANUPS
+from .cleanups import all_cleanups
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,22 @@ class Entry:
     args: tuple = ()
 
 
-DEFAULT_ENTRIES: tuple[Entry, ...] = (
+def default_entries() -> tuple[Entry, ...]:
+    """The default schedule: fixed entries, then one nightly entry per registered cleanup."""
+    return FIXED_ENTRIES + tuple(
+        Entry(
+            f"cleanup: {name}",
+            "maintenance.tasks.run_cleanup",
+            "maintenance",
+            expire_seconds=3600,
+            crontab=(str(5 * index), "3"),
+            args=(name,),
+        )
+        for index, name in enumerate(sorted(all_cleanups()))
+    )
+
+
+FIXED_ENTRIES: tuple[Entry, ...] = (
     Entry(
         "health check",
         "maintenance.tasks.health_check_task",
@@ -66,17 +81,6 @@ DEFAULT_ENTRIES: tuple[Entry, ...] = (
         expire_seconds=50,
         every_seconds=60,
     ),
-    *(
-        Entry(
-            f"cleanup: {name}",
-            "maintenance.tasks.run_cleanup",
-            "maintenance",
-            expire_seconds=3600,
-            crontab=(str(5 * index), "3"),
-            args=(name,),
-        )
-        for index, name in enumerate(sorted(CLEANUPS))
-    ),
 )
 
 
@@ -94,7 +98,7 @@ def install_default_schedule(apps=None) -> dict[str, str]:
     CrontabSchedule = apps.get_model("django_celery_beat", "CrontabSchedule")
 
     outcome = {}
-    for entry in DEFAULT_ENTRIES:
+    for entry in default_entries():
         schedule = {"interval": None, "crontab": None}
         if entry.every_seconds:
             schedule["interval"], _ = IntervalSchedule.objects.get_or_create(

@@ -42,8 +42,8 @@ from django.db.models import F
 from django.utils import timezone
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from admin_backend import queues
 from taskcore.base import PermanentError
+from taskcore.queues import queue_table
 
 from . import conf
 from .models import Rendition, Upload
@@ -442,7 +442,7 @@ def _listdir_files(storage: Storage, directory: str) -> list[str]:
 
 
 def _hard_time_limit() -> int:
-    return queues.spec_for_task("media.tasks.process_upload").time_limit
+    return queue_table().spec_for_task("media.tasks.process_upload").time_limit
 
 
 def remove_stale_temporaries(upload: Upload) -> int:

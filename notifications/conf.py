@@ -8,7 +8,6 @@ or a worker's environment can change it.
 
 from __future__ import annotations
 
-import os
 from email.utils import parseaddr
 
 from django.conf import settings
@@ -25,9 +24,7 @@ MAX_NOTIFICATION_RECIPIENTS = 50
 
 def _value(name: str) -> str | None:
     value = getattr(settings, name, None)
-    if value in (None, ""):
-        value = os.environ.get(name) or None
-    return None if value is None else str(value)
+    return None if value in (None, "") else str(value)
 
 
 def batch_size() -> int:

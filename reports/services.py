@@ -30,9 +30,10 @@ from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils import timezone
 
-from admin_backend import queues
+from notifications.api import send_email_after_commit
 from taskcore import outbox
 from taskcore.base import PermanentError, is_transient
+from taskcore.queues import queue_table
 
 from . import activity, conf, sqltext, writers
 from .exportable import (
@@ -74,7 +75,6 @@ ProgressCallback = Callable[[int, int | None], None]
 # than every PROGRESS_MIN_ROWS rows.
 PROGRESS_MIN_ROWS = 1000
 PARTIAL_PREFIX = ".partial-"
-SEND_EMAIL_TASK = "notifications.tasks.send_email_message"
 # Change-list parameters that choose a page, not rows.
 NOT_FILTERS = (PAGE_VAR, ALL_VAR)
 XLSX_TMP_DIR = ".xlsx-tmp"
@@ -410,11 +410,16 @@ def run_export(
     return {**summary, "status": Status.READY, "rows": done, "file": target.name, "bytes": size}
 
 
+def _export_queue():
+    """The queue table's entry for the queue exports run on (its time limits)."""
+    return queue_table().spec_for_task("reports.tasks.run_export")
+
+
 def _fail(export: ExportRequest, exc: Exception) -> None:
     retrying = is_transient(exc)
     message = str(exc) or type(exc).__name__
     if type(exc).__name__ == "SoftTimeLimitExceeded":
-        limit = queues.QUEUES_BY_NAME["reports"].soft_time_limit
+        limit = _export_queue().soft_time_limit
         message = f"stopped: the export took longer than the time limit ({limit} s)"
         retrying = False
     try:
@@ -495,7 +500,7 @@ def _notify(export: ExportRequest) -> None:
             f"Hello {user.get_username()},\n\nyour {what} (request #{export.pk}) failed:\n"
             f"{export.error}\n"
         )
-    outbox.send_after_commit(SEND_EMAIL_TASK, [[address], subject, text])
+    send_email_after_commit([address], subject, text)
 
 
 # --- compatibility ---------------------------------------------------------------
@@ -556,7 +561,7 @@ def _sweep_partials(now: datetime) -> int:
     root = conf.export_root()
     if not root.is_dir():
         return 0
-    cutoff = now.timestamp() - 2 * queues.QUEUES_BY_NAME["reports"].time_limit
+    cutoff = now.timestamp() - 2 * _export_queue().time_limit
     removed = 0
     candidates = [p for p in root.iterdir() if p.name.startswith(PARTIAL_PREFIX)]
     xlsx_tmp = root / XLSX_TMP_DIR

@@ -166,9 +166,11 @@ def read_queues(
     broker: the reading says ``reachable=False`` with the (masked) error.
     """
     if app is None:
-        from admin_backend.celery import app
+        from celery import current_app as app
     if queue_names is None:
-        from admin_backend.queues import QUEUE_NAMES as queue_names
+        from taskcore.queues import queue_table
+
+        queue_names = queue_table().names
     names = list(queue_names)
     kind = broker_kind(app.conf.broker_url)
     reading = BrokerReading(kind=kind, reachable=False)
@@ -214,7 +216,7 @@ def declare_queues(app=None) -> list[str]:
     Idempotent; a no-op in effect on Redis, where queues are lists created on use.
     """
     if app is None:
-        from admin_backend.celery import app
+        from celery import current_app as app
     declared = []
     with app.connection_for_write() as connection:
         channel = connection.default_channel

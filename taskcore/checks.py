@@ -5,7 +5,7 @@ from django.core import checks
 
 @checks.register("celery")
 def celery_configuration_check(app_configs=None, **kwargs):
-    from admin_backend.celery import app
+    from celery import current_app as app
 
     from .config_audit import audit
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from admin_backend import queues
 from taskcore.brokers import AMQP, REDIS, SENTINEL, broker_kind
+from taskcore.queues import queue_table
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class ConfigProblem:
 
 def audit(conf) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
+    queues = queue_table()
     broker_url = str(conf.broker_url or "")
     transport_options = conf.broker_transport_options or {}
     visibility_timeout = transport_options.get("visibility_timeout", 3600)
@@ -38,7 +39,7 @@ def audit(conf) -> list[ConfigProblem]:
                     f"visibility_timeout {visibility_timeout}s is not longer than the longest "
                     f"task time limit {longest_limit}s: a running task would be delivered twice",
                     "raise CELERY_VISIBILITY_TIMEOUT above the longest time_limit in "
-                    "admin_backend/queues.py",
+                    "the queue table",
                 )
             )
         longest_delay = queues.longest_retry_delay()
@@ -85,14 +86,14 @@ def audit(conf) -> list[ConfigProblem]:
             )
         )
     declared = {queue.name for queue in (conf.task_queues or ())}
-    missing = set(queues.QUEUE_NAMES) - declared
+    missing = set(queues.names) - declared
     if missing:
         problems.append(
             ConfigProblem(
                 "undeclared_queues",
                 "critical",
                 f"queues in the queue table but not declared: {sorted(missing)}",
-                "derive CELERY_TASK_QUEUES from admin_backend.queues.kombu_queues()",
+                "derive CELERY_TASK_QUEUES from the queue table (QueueTable.kombu_queues())",
             )
         )
     if conf.task_create_missing_queues:
@@ -109,6 +110,7 @@ def audit(conf) -> list[ConfigProblem]:
 
 
 def _rabbitmq_problems(conf, transport_options) -> list[ConfigProblem]:
+    queues = queue_table()
     """RabbitMQ has no visibility timeout; its consumer_timeout plays that part."""
     problems = []
     longest_limit = queues.longest_time_limit()
@@ -147,7 +149,7 @@ def _rabbitmq_problems(conf, transport_options) -> list[ConfigProblem]:
                 "classic_queues",
                 "warning",
                 f"queues {classic} are not quorum queues: they live on one RabbitMQ node",
-                "derive CELERY_TASK_QUEUES from admin_backend.queues.kombu_queues()",
+                "derive CELERY_TASK_QUEUES from the queue table (QueueTable.kombu_queues())",
             )
         )
     return problems

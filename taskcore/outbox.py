@@ -93,11 +93,11 @@ def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
 
     Returns counts: published, failed, skipped (claimed by someone else).
     """
-    from admin_backend.celery import app as default_app
+    from celery import current_app
 
     from .models import OutboxMessage
 
-    app = app or default_app
+    app = app or current_app
     counts = {"published": 0, "failed": 0, "skipped": 0}
     if not force and _broker_known_down():
         counts["skipped"] = len(pks) if pks else 0

@@ -29,6 +29,7 @@ from rich.console import Console
 from admin_backend import queues
 from admin_backend.worker_commands import for_group
 from taskcore.management.commands.celery_monitor import Command as MonitorCommand
+from taskcore.queues import QueueTableError, table_problems, validate_table
 from taskcore.tasks import debug_task
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -84,18 +85,16 @@ def _email(**changes) -> queues.QueueSpec:
 )
 def test_invalid_autoscale_is_refused_clearly(changes, message):
     table = (*[s for s in queues.QUEUES if s.name != "email"], _email(**changes))
-    problems = queues.table_problems(table)
+    problems = table_problems(table)
     assert any(message in problem for problem in problems), problems
     assert all("'email'" in problem for problem in problems)
-    with pytest.raises(
-        queues.QueueTableError, match=re.escape("admin_backend/queues.py: queue 'email'")
-    ):
-        queues.validate_table(table)
+    with pytest.raises(QueueTableError, match=re.escape("queue table: queue 'email'")):
+        validate_table(table)
 
 
 def test_a_group_whose_queues_disagree_on_autoscale_is_refused():
     media_in_mail = replace(queues.QUEUES_BY_NAME["media"], worker_group="mail")
-    problems = queues.table_problems((queues.QUEUES_BY_NAME["email"], media_in_mail))
+    problems = table_problems((queues.QUEUES_BY_NAME["email"], media_in_mail))
     assert problems == [
         "worker group 'mail': its queues disagree on autoscale (email=(8, 2), media=None); "
         "a group is one worker command line"
@@ -103,7 +102,7 @@ def test_a_group_whose_queues_disagree_on_autoscale_is_refused():
 
 
 def test_the_table_as_shipped_is_valid():
-    assert queues.table_problems(queues.QUEUES) == []
+    assert table_problems(queues.QUEUES) == []
 
 
 # --- a real worker ----------------------------------------------------------------
@@ -258,7 +257,7 @@ def test_a_burst_grows_the_mail_pool_to_its_max_and_idle_shrinks_it_to_its_min(a
 def test_worker_processes_must_be_a_whole_number_of_at_least_one(processes):
     default = replace(queues.QUEUES_BY_NAME["default"], worker_processes=processes)
     table = (*[s for s in queues.QUEUES if s.name != "default"], default)
-    problems = queues.table_problems(table)
+    problems = table_problems(table)
     assert (
         f"queue 'default': worker_processes must be a whole number >= 1, got {processes!r}"
         in problems
@@ -267,5 +266,5 @@ def test_worker_processes_must_be_a_whole_number_of_at_least_one(processes):
 
 def test_a_group_whose_queues_disagree_on_worker_processes_is_refused():
     maintenance_in_io = replace(queues.QUEUES_BY_NAME["maintenance"], worker_group="io")
-    problems = queues.table_problems((queues.QUEUES_BY_NAME["default"], maintenance_in_io))
+    problems = table_problems((queues.QUEUES_BY_NAME["default"], maintenance_in_io))
     assert any("its queues disagree on worker_processes" in problem for problem in problems)

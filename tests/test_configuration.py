@@ -48,7 +48,7 @@ def test_without_secret_key_and_debug_off_the_project_refuses_to_start():
 
 
 def test_a_visibility_timeout_shorter_than_a_time_limit_is_reported_by_check():
-    too_short = str(queues.longest_time_limit() - 1)
+    too_short = str(queues.TABLE.longest_time_limit() - 1)
     result = manage("check", env={"CELERY_VISIBILITY_TIMEOUT": too_short})
     assert result.returncode != 0
     assert "taskcore.visibility_vs_time_limit" in result.stderr
@@ -56,7 +56,7 @@ def test_a_visibility_timeout_shorter_than_a_time_limit_is_reported_by_check():
 
 
 def test_a_worker_refuses_to_start_with_a_short_visibility_timeout(start_worker):
-    too_short = str(queues.longest_time_limit() - 1)
+    too_short = str(queues.TABLE.longest_time_limit() - 1)
     worker = start_worker(["default"], wait=False, env={"CELERY_VISIBILITY_TIMEOUT": too_short})
     assert worker.process.wait(timeout=60) != 0
     assert worker.process.returncode == os.EX_CONFIG

@@ -17,10 +17,10 @@ from taskcore.testing.redis_server import free_port
 
 
 @pytest.fixture(autouse=True)
-def fresh_reports(monkeypatch, test_redis):
-    monkeypatch.setenv("FLOWER_URL", "off")
-    monkeypatch.setenv("HEALTH_HTTP_CACHE_SECONDS", "0")
-    monkeypatch.setenv("HEALTH_BROADCAST_TIMEOUT", "5")  # a loaded machine answers slowly
+def fresh_reports(settings, test_redis):
+    settings.FLOWER_URL = "off"
+    settings.HEALTH_HTTP_CACHE_SECONDS = 0
+    settings.HEALTH_BROADCAST_TIMEOUT = 5  # a loaded machine answers slowly
     views.clear_cache()
     client = test_redis.client()
     keys = [key for name in QUEUE_NAMES for _, key in RedisLayout().keys(name)]
@@ -127,8 +127,8 @@ def test_metrics_expose_queue_depth_age_and_consumers(client, app, start_worker)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_metrics_token_when_configured(client, monkeypatch):
-    monkeypatch.setenv("HEALTH_METRICS_TOKEN", "tok-123")
+def test_metrics_token_when_configured(client, settings):
+    settings.HEALTH_METRICS_TOKEN = "tok-123"
 
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401

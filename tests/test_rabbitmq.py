@@ -13,29 +13,24 @@ Redis: RabbitMQ is the broker only (see docs/scaling.md).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
-from urllib.parse import quote, urlsplit
 
 import pytest
 from celery import Celery
-from kombu import Connection
 from kombu.pools import ProducerPool
 
 from admin_backend import queues
 from taskcore import brokers
 from taskcore.fanout import publish_many
 from taskcore.models import DeadLetter, EffectClaim
+from taskcore.testing.rabbitmq import RabbitVhost, fail_unless_reachable
 from taskcore.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -64,86 +59,12 @@ def record_figures(name: str, figures: dict) -> None:
     print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), file=sys.__stdout__)
 
 
-def _rabbitmqctl(*args: str) -> bool:
-    tool = shutil.which("rabbitmqctl")
-    if not tool:
-        return False
-    done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
-    return done.returncode == 0
-
-
-def _management(method: str, path: str, body: dict | None = None) -> bool:
-    split = urlsplit(BASE_URL)
-    request = urllib.request.Request(
-        f"{MANAGEMENT_URL}{path}",
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"content-type": "application/json"},
-    )
-    token = base64.b64encode(f"{split.username}:{split.password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5):
-            return True
-    except OSError:
-        return False
-
-
-class RabbitVhost:
-    """A vhost for this run (or the URL's, cleaned), and how to reach it."""
-
-    def __init__(self):
-        self.name = f"admin_backend_test_{uuid.uuid4().hex[:8]}"
-        self.created_with = None
-        user = urlsplit(BASE_URL).username or "guest"
-        if _rabbitmqctl("add_vhost", self.name) and _rabbitmqctl(
-            "set_permissions", "-p", self.name, user, ".*", ".*", ".*"
-        ):
-            self.created_with = "rabbitmqctl"
-        elif _management("PUT", f"/api/vhosts/{self.name}") and _management(
-            "PUT",
-            f"/api/permissions/{self.name}/{user}",
-            {"configure": ".*", "write": ".*", "read": ".*"},
-        ):
-            self.created_with = "management"
-        if self.created_with:
-            self.url = f"{BASE_URL.rstrip('/')}/{quote(self.name, safe='')}"
-        else:
-            self.url = BASE_URL
-            self.delete_queues()
-
-    def delete_queues(self) -> None:
-        with Connection(self.url) as connection:
-            for name in queues.QUEUE_NAMES:
-                channel = connection.channel()
-                try:
-                    channel.queue_delete(name)
-                finally:
-                    channel.close()
-
-    def drop(self) -> None:
-        if self.created_with == "rabbitmqctl":
-            _rabbitmqctl("delete_vhost", self.name)
-        elif self.created_with == "management":
-            _management("DELETE", f"/api/vhosts/{self.name}")
-        else:
-            self.delete_queues()
-
-
 @pytest.fixture(scope="module")
 def rabbit_vhost():
     if os.environ.get("RUN_RABBITMQ_TESTS") == "0":
         pytest.skip("RUN_RABBITMQ_TESTS=0: RabbitMQ tests skipped on purpose")
-    try:
-        with Connection(BASE_URL, connect_timeout=5) as connection:
-            connection.ensure_connection(max_retries=2)
-    except Exception as exc:
-        pytest.fail(
-            f"RabbitMQ unreachable at {brokers.with_password(BASE_URL, '')}: {exc!r} "
-            "(set RUN_RABBITMQ_TESTS=0 to skip the RabbitMQ tests on purpose)",
-            pytrace=False,
-        )
-    vhost = RabbitVhost()
+    fail_unless_reachable(BASE_URL)
+    vhost = RabbitVhost(BASE_URL, MANAGEMENT_URL)
     yield vhost
     vhost.drop()
 
@@ -152,13 +73,13 @@ def client_app(url: str, result_backend: str) -> Celery:
     """A publishing app configured like admin_backend's for an amqp:// broker."""
     client = Celery("rabbitmq-client", broker=url, backend=result_backend, set_as_current=False)
     client.conf.update(
-        task_queues=queues.kombu_queues(url),
+        task_queues=queues.TABLE.kombu_queues(url),
         task_default_queue=queues.DEFAULT_QUEUE,
         task_default_exchange=queues.DEFAULT_QUEUE,
         task_default_routing_key=queues.DEFAULT_QUEUE,
         task_default_exchange_type="topic",
         task_create_missing_queues=False,
-        task_routes=(queues.route_task,),
+        task_routes=(queues.TABLE.route_task,),
         broker_transport_options={"confirm_publish": True},
         task_serializer="json",
         accept_content=["json"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,15 +24,11 @@ from celery import Celery
 
 from admin_backend import queues
 from taskcore.models import DeadLetter, EffectClaim, OutboxMessage
-from taskcore.testing.redis_server import free_port, redis_server_binary
-from taskcore.testing.waiting import wait_until
+from taskcore.testing.sentinel import MASTER, SENTINEL_PASSWORD, SentinelCluster
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 FIGURES_FILE = PROJECT_DIR / "var" / "chaos-figures.json"
 EFFECT_TASK = "taskcore.testing.record_effect"
-MASTER = "au-vlp-primary"
-REDIS_PASSWORD = "redis-secret-1"
-SENTINEL_PASSWORD = "sentinel-secret-2"
 CHAOS_SETTINGS = {
     "CELERY_TIME_LIMIT_CAP": "10",
     "CELERY_VISIBILITY_TIMEOUT": "15",
@@ -51,123 +46,6 @@ def record_figures(name: str, figures: dict) -> None:
     print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), file=sys.__stdout__)
 
 
-class SentinelCluster:
-    """A primary, a replica and three Sentinels, all ours."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.primary_port = free_port()
-        self.replica_port = free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        data = ["--appendonly", "yes", "--appendfsync", "everysec"]
-        auth = ["--requirepass", REDIS_PASSWORD, "--masterauth", REDIS_PASSWORD]
-        self._server("primary", self.primary_port, *data, *auth)
-        replica_of = ["--replicaof", "127.0.0.1", str(self.primary_port)]
-        self._server("replica", self.replica_port, *data, *auth, *replica_of)
-        for number, port in enumerate(self.sentinel_ports):
-            self._sentinel(number, port)
-        wait_until(lambda: self._replica_in_sync(), timeout=15)
-        wait_until(lambda: self._sentinels_agree(), timeout=20)
-
-    def _server(self, name: str, port: int, *args: str) -> None:
-        data_dir = self.directory / name
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.processes[name] = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data_dir),
-                "--save",
-                "",
-                "--logfile",
-                str(data_dir / "redis.log"),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def _sentinel(self, number: int, port: int) -> None:
-        data_dir = self.directory / f"sentinel-{number}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        config = data_dir / "sentinel.conf"
-        config.write_text(
-            f"port {port}\n"
-            "bind 127.0.0.1\n"
-            f"dir {data_dir}\n"
-            f"logfile {data_dir / 'sentinel.log'}\n"
-            f"requirepass {SENTINEL_PASSWORD}\n"
-            f"sentinel sentinel-pass {SENTINEL_PASSWORD}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
-            f"sentinel auth-pass {MASTER} {REDIS_PASSWORD}\n"
-            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-            f"sentinel failover-timeout {MASTER} 10000\n"
-            f"sentinel parallel-syncs {MASTER} 1\n"
-        )
-        self.processes[f"sentinel-{number}"] = subprocess.Popen(
-            [redis_server_binary(), str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def redis(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, password=REDIS_PASSWORD, socket_timeout=1)
-
-    def sentinel(self, number: int = 0) -> redis.Redis:
-        return redis.Redis(
-            port=self.sentinel_ports[number], password=SENTINEL_PASSWORD, socket_timeout=1
-        )
-
-    def _replica_in_sync(self) -> bool:
-        try:
-            info = self.redis(self.replica_port).info("replication")
-        except redis.RedisError:
-            return False
-        return info.get("master_link_status") == "up"
-
-    def _sentinels_agree(self) -> bool:
-        try:
-            for number in range(3):
-                state = self.sentinel(number).sentinel_master(MASTER)
-                if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
-                    return False
-        except (redis.RedisError, KeyError):
-            return False
-        return True
-
-    def master_port(self) -> int | None:
-        for number in range(3):
-            try:
-                _, port = self.sentinel(number).sentinel_get_master_addr_by_name(MASTER)
-                return int(port)
-            except (redis.RedisError, TypeError, ValueError):
-                continue
-        return None
-
-    def url(self, *, password: bool) -> str:
-        auth = f":{REDIS_PASSWORD}@" if password else ""
-        return ";".join(f"sentinel://{auth}127.0.0.1:{port}/0" for port in self.sentinel_ports)
-
-    def kill_primary(self) -> None:
-        self.processes["primary"].send_signal(signal.SIGKILL)
-        self.processes["primary"].wait()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
 @pytest.fixture
 def sentinel_cluster(test_work_dir, request):
     cluster = SentinelCluster(test_work_dir / f"sentinel-{request.node.name}")
@@ -181,14 +59,9 @@ class SentinelStack:
     def __init__(self, cluster, monkeypatch, worker_database_url):
         self.cluster = cluster
         # The worker gets URLs without the password: settings add REDIS_PASSWORD.
-        bare = cluster.url(password=False)
         self.env = {
             **CHAOS_SETTINGS,
-            "CELERY_BROKER_URL": bare,
-            "CELERY_RESULT_BACKEND": bare,
-            "REDIS_PASSWORD": REDIS_PASSWORD,
-            "REDIS_SENTINEL_MASTER": MASTER,
-            "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+            **cluster.settings_env(),
             "DATABASE_URL": worker_database_url,
         }
         url = cluster.url(password=True)
@@ -208,9 +81,9 @@ class SentinelStack:
             "replica_ack_timeout": 1000,
         }
         self.client.conf.result_backend_transport_options = options
-        self.client.conf.task_queues = queues.kombu_queues(url)
+        self.client.conf.task_queues = queues.TABLE.kombu_queues(url)
         self.client.conf.task_default_queue = queues.DEFAULT_QUEUE
-        self.client.conf.task_routes = (queues.route_task,)
+        self.client.conf.task_routes = (queues.TABLE.route_task,)
         self.client.conf.task_create_missing_queues = False
 
 

@@ -2,7 +2,7 @@
 
 Every surface (``manage.py celery_health``, the HTTP endpoints, /metrics, the
 admin dashboard) runs these through ``taskcore.health.runner.run_health``: one
-code path, one set of thresholds (those of ``admin_backend/queues.py`` and
+code path, one set of thresholds (those of the queue table and
 ``taskcore.health.conf``).
 """
 
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from admin_backend.queues import QUEUES
+from taskcore.queues import queue_table
+from taskcore.redis_clients import backend_redis, backend_url, broker_url, is_redis_url
 from taskcore.secrets import mask_url
 
 from . import conf
-from .connections import backend_redis, backend_url, broker_url, is_redis_url
 from .context import HealthContext
 from .model import CheckResult, Status, critical, ok, warning
 
@@ -326,6 +326,7 @@ def _queue_result(
 
 
 def check_queues(ctx: HealthContext) -> list[CheckResult]:
+    specs = queue_table().specs
     started = time.perf_counter()
     try:
         snapshot = ctx.queues()
@@ -336,7 +337,7 @@ def check_queues(ctx: HealthContext) -> list[CheckResult]:
                 f"cannot read the queue: {exc}",
                 "fix the broker connection first (check broker)",
             )
-            for spec in QUEUES
+            for spec in specs
         ]
     latency = ms(time.perf_counter() - started)
     try:
@@ -344,7 +345,7 @@ def check_queues(ctx: HealthContext) -> list[CheckResult]:
     except Exception:
         consumers = None
     results = []
-    for spec in QUEUES:
+    for spec in specs:
         holders = None if consumers is None else consumers.get(spec.name, [])
         counted = (snapshot.consumers or {}).get(spec.name)
         if holders is None and counted is not None:
@@ -753,9 +754,12 @@ def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
     """Send health_check_task to every queue and time each answer."""
     from celery.exceptions import TimeoutError as ResultTimeout
     from celery.result import ResultSet
+    from django.conf import settings
 
-    from maintenance.tasks import health_check_task
-
+    # The project names its probe task (TASKCORE_HEALTH_CHECK_TASK): the platform
+    # knows no app's tasks.
+    probe_task = ctx.app.signature(settings.TASKCORE_HEALTH_CHECK_TASK)
+    specs = queue_table().specs
     try:
         ctx.broker_ping_ms()
     except Exception as exc:
@@ -765,14 +769,14 @@ def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
                 f"not sent: broker unreachable ({exc})",
                 "fix the broker connection first (check broker)",
             )
-            for spec in QUEUES
+            for spec in specs
         ]
     budget = max(0.5, ctx.remaining() - 0.2)
     sent: dict[str, tuple[str, float]] = {}
     results = []
-    for spec in QUEUES:
+    for spec in specs:
         sending = time.perf_counter()
-        result = health_check_task.apply_async(
+        result = probe_task.apply_async(
             kwargs={"sent_at": time.time()},
             queue=spec.name,
             # Never run late: a probe left in an unconsumed queue is dropped when it expires.
@@ -796,7 +800,7 @@ def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
             critical(
                 f"roundtrip.{spec.name}", f"results unreadable: {exc}", "check the result backend"
             )
-            for spec in QUEUES
+            for spec in specs
         ]
     try:
         consumers = ctx.census().consumers
@@ -890,11 +894,15 @@ class Check:
     group: str = "core"
     # Part of the web process's readiness (/health/ready).
     readiness: bool = False
-    # Results it produces, for reporting a check that ran out of time.
-    result_names: tuple[str, ...] = ()
+    # Produces one result per queue ("<name>.<queue>"), not one named after it.
+    per_queue: bool = False
 
     def names(self) -> tuple[str, ...]:
-        return self.result_names or (self.name,)
+        """The results it produces, for reporting a check that ran out of time."""
+        if self.per_queue:
+            prefix = "queue" if self.name == "queues" else self.name
+            return tuple(f"{prefix}.{queue}" for queue in queue_table().names)
+        return (self.name,)
 
 
 CHECKS: tuple[Check, ...] = (
@@ -903,7 +911,7 @@ CHECKS: tuple[Check, ...] = (
     Check("database", check_database, readiness=True),
     Check("cache", check_cache, readiness=True),
     Check("workers", check_workers),
-    Check("queues", check_queues, result_names=tuple(f"queue.{s.name}" for s in QUEUES)),
+    Check("queues", check_queues, per_queue=True),
     Check("redis.eviction", check_eviction_policy),
     Check("redis.persistence", check_persistence),
     Check("config", check_config),
@@ -918,7 +926,7 @@ CHECKS: tuple[Check, ...] = (
         "roundtrip",
         check_round_trips,
         group="tasks",
-        result_names=tuple(f"roundtrip.{s.name}" for s in QUEUES),
+        per_queue=True,
     ),
 )
 CHECKS_BY_NAME = {check.name: check for check in CHECKS}

@@ -1,14 +1,11 @@
 """Tunables of the health checks and beat liveness, with their defaults.
 
-Each is read from Django settings when defined there, otherwise from the
-environment variable of the same name, otherwise the default below. Tests and
-operators can therefore set any of them per process (e.g.
-``BEAT_HEARTBEAT_WARNING=2 python manage.py celery_health``).
+The project's settings define each (admin_backend/settings.py reads them from
+the environment); a setting that is absent takes the default below, so the
+platform also runs under settings that know nothing of it.
 """
 
 from __future__ import annotations
-
-import os
 
 DEFAULTS: dict[str, float | str] = {
     # Whole-run deadline of celery_health and the HTTP endpoints (seconds).
@@ -43,15 +40,11 @@ DEFAULTS: dict[str, float | str] = {
 def _raw(name: str):
     from django.conf import settings
 
-    if settings.configured and getattr(settings, name, None) not in (None, ""):
-        return getattr(settings, name)
-    return os.environ.get(name) or None
+    return getattr(settings, name, DEFAULTS[name])
 
 
 def number(name: str) -> float:
     value = _raw(name)
-    if value is None:
-        return float(DEFAULTS[name])
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -59,8 +52,5 @@ def number(name: str) -> float:
 
 
 def text(name: str) -> str:
-    value = _raw(name)
-    if value is None:
-        # An empty variable is a value here: FLOWER_URL= turns the Flower check off.
-        return os.environ.get(name, str(DEFAULTS[name]))
-    return str(value)
+    # An empty value is a value here: FLOWER_URL= turns the Flower check off.
+    return str(_raw(name) or "")

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from admin_backend.queues import queue_for_task
+from taskcore.queues import queue_table
 
 from .workers import broadcast
 
@@ -109,7 +109,9 @@ class EventStats:
         if kind not in COUNTED:
             return
         name = entry.get("name") or UNKNOWN_TASK
-        queue = entry.get("queue") or (queue_for_task(name) if "name" in entry else "?")
+        queue = entry.get("queue") or (
+            queue_table().queue_for_task(name) if "name" in entry else "?"
+        )
         for counter in (self.by_task[name], self.by_queue[queue]):
             counter.totals[kind] += 1
             if kind == "succeeded" and event.get("runtime") is not None:

@@ -11,9 +11,10 @@ import queue
 import threading
 import time
 
+from taskcore.redis_clients import broker_url
+
 from . import conf
 from .checks import CHECKS, Check
-from .connections import broker_url
 from .context import HealthContext
 from .model import CheckResult, HealthReport, critical
 
@@ -84,7 +85,7 @@ def run_health(
 ) -> HealthReport:
     """Run the checks and return the report; never raises for a failing dependency."""
     if app is None:
-        from admin_backend.celery import app
+        from celery import current_app as app
     timeout = float(timeout or conf.number("HEALTH_TIMEOUT"))
     checks = select_checks(groups=groups, only=only, readiness=readiness)
     ctx = HealthContext(app, timeout)

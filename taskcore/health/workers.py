@@ -19,7 +19,7 @@ from kombu import Producer
 from kombu.utils.json import dumps
 from kombu.utils.uuid import uuid
 
-from admin_backend.queues import QUEUE_NAMES
+from taskcore.queues import queue_table
 
 
 @dataclass
@@ -114,7 +114,7 @@ class WorkerCensus:
     consumers: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.consumers = {name: [] for name in QUEUE_NAMES}
+        self.consumers = {name: [] for name in queue_table().names}
         for worker, queue_names in sorted(self.queues_by_worker.items()):
             for name in queue_names:
                 self.consumers.setdefault(name, []).append(worker)

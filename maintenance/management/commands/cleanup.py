@@ -18,10 +18,10 @@ class Command(BaseCommand):
 
     def handle(self, names, **options):
         if options["list"]:
-            for name in sorted(cleanups.CLEANUPS):
+            for name in sorted(cleanups.all_cleanups()):
                 self.stdout.write(name)
             return
-        names = sorted(cleanups.CLEANUPS) if options["all"] else names
+        names = sorted(cleanups.all_cleanups()) if options["all"] else names
         if not names:
             raise CommandError("name a cleanup, or use --all (--list shows them)")
         for name in names:

@@ -16,6 +16,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from celery import current_app as app
 from django.core.management.base import BaseCommand, CommandError
 from rich import box
 from rich.console import Console, Group
@@ -23,10 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from admin_backend.celery import app
-from admin_backend.queues import QUEUE_NAMES
 from taskcore.health.checks import human_age
-from taskcore.health.connections import broker_url
 from taskcore.health.monitor import (
     EventListener,
     EventStats,
@@ -35,6 +33,8 @@ from taskcore.health.monitor import (
     worker_snapshot,
 )
 from taskcore.health.workers import worker_census
+from taskcore.queues import queue_table
+from taskcore.redis_clients import broker_url
 from taskcore.secrets import mask_text
 
 
@@ -148,7 +148,7 @@ class Command(BaseCommand):
     def snapshot(self, stats: EventStats, window: float) -> dict:
         workers, active = worker_snapshot(app, stats, self.timeout)
         queues = queue_snapshot(app, self.timeout)
-        census_by_queue = {name: 0 for name in QUEUE_NAMES}
+        census_by_queue = {name: 0 for name in queue_table().names}
         try:
             census = worker_census(app, self.timeout)
             for name, holders in census.consumers.items():
