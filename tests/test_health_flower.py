@@ -108,20 +108,51 @@ def test_flower_requires_auth_persists_state_and_is_health_checked(flower_config
 
 QUEUE_DEPTHS = {"default": 1, "email": 2, "media": 3, "reports": 4, "maintenance": 5}
 
+SEND_TASKS = f"""
+import django
+django.setup()
+from admin_backend.celery import app
+for queue, depth in {QUEUE_DEPTHS!r}.items():
+    for i in range(depth):
+        # One message in a priority sub-queue of each deeper queue: both must count it.
+        app.send_task("flower_test.nothing", queue=queue, priority=6 if i == 2 else None)
+"""
 
-def test_flower_shows_each_queue_with_the_depth_celery_health_reports(app, flower_config):
-    """Flower's /api/queues/length answers for the project's broker URL (redis://, not a
-    transport class path: Flower answered 404 "'redis' broker is not supported")."""
-    for queue, depth in QUEUE_DEPTHS.items():
-        for i in range(depth):
-            # One message in a priority sub-queue: both must count it.
-            app.send_task("flower_test.nothing", queue=queue, priority=6 if i == 2 else None)
-    health = subprocess.run(
-        [sys.executable, "manage.py", "celery_health", "--only", "queues", "--format", "json"],
-        cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+
+@pytest.fixture(params=["redis", "sentinel"])
+def broker_env(request, test_work_dir) -> dict[str, str]:
+    """The environment of the project's processes on each Redis setup (no worker runs)."""
+    if request.param == "redis":
+        yield {}
+        return
+    from taskcore.testing.sentinel import SentinelCluster
+
+    cluster = SentinelCluster(test_work_dir / f"sentinel-{request.node.name}")
+    try:
+        yield cluster.settings_env()
+    finally:
+        cluster.stop()
+
+
+def project_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=BASE_DIR, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def test_flower_shows_each_queue_with_the_depth_celery_health_reports(broker_env, flower_config):
+    """Flower's /api/queues/length answers for the project's broker URL (redis:// or
+    sentinel://, not a transport class path: Flower answered 404 "'redis' broker is not
+    supported"), with the depths celery_health reports."""
+    sent = project_process(["-c", SEND_TASKS], broker_env)
+    assert sent.returncode == 0, sent.stderr
+    health = project_process(
+        ["manage.py", "celery_health", "--only", "queues", "--format", "json"], broker_env
+    )
     report = json.loads(health.stdout)
-    assert report["broker"].startswith("redis://"), report["broker"]
+    scheme = "sentinel://" if broker_env else "redis://"
+    assert report["broker"].startswith(scheme), report["broker"]
     health_depths = {
         check["name"].removeprefix("queue."): check["data"]["depth"]
         for check in report["checks"]
@@ -130,7 +161,7 @@ def test_flower_shows_each_queue_with_the_depth_celery_health_reports(app, flowe
     assert health_depths == QUEUE_DEPTHS
 
     port = free_port()
-    process = flower(flower_config, port, {"FLOWER_BASIC_AUTH": "ops:fl0wer-pw"})
+    process = flower(flower_config, port, {**broker_env, "FLOWER_BASIC_AUTH": "ops:fl0wer-pw"})
     try:
         wait_for(
             lambda: http_status(f"http://127.0.0.1:{port}/healthcheck") == 200 or process.poll(),
@@ -147,4 +178,4 @@ def test_flower_shows_each_queue_with_the_depth_celery_health_reports(app, flowe
 
     flower_depths = {queue["name"]: queue["messages"] for queue in answer["active_queues"]}
     assert flower_depths == health_depths, output[-3000:]
-    assert "Broker: redis://" in output
+    assert f"Broker: {scheme}" in output
