@@ -9,6 +9,9 @@ class DashboardConfig(AppConfig):
     def ready(self) -> None:
         # Workers load installed apps too: this counts task outcomes and runtimes
         # per queue (dashboard.stats) in every worker process.
+        from taskcore import pipeline
+
         from . import stats
 
-        stats.connect_signals()
+        if stats.enabled():
+            pipeline.subscribe(stats.on_task_finished, events=[pipeline.FINISHED])

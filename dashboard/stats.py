@@ -1,28 +1,27 @@
 """Task outcomes and runtimes per queue, counted in the workers, read by the dashboard.
 
 Celery events would give the same figures, but only to a process listening all
-the time. Instead each worker process counts, from ``task_postrun``, into
+the time. Instead each worker process counts, from the task pipeline's
+``FINISHED`` event (taskcore.pipeline; subscribed in ``DashboardConfig.ready()``), into
 10-second buckets in Redis (``HINCRBY``, ``EXPIRE``, and for successes
 ``LPUSH``/``LTRIM`` of the runtime into the queue's last 1,000 runtimes),
 summed in memory and written in one pipelined round trip per second per process
 (``taskcore.batching``), not one per task. The dashboard reads the last minute
 of buckets and the runtime lists: a handful of O(1)/O(N<=1000) commands.
 
-``DASHBOARD_TASK_STATS=0`` (setting or environment) turns the counting off.
+The ``DASHBOARD_TASK_STATS`` setting (False) turns the counting off.
 Counting never fails a task: a Redis error pauses it for 30 s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import statistics
-import threading
 import time
 
-from celery import signals
-
 from taskcore.batching import FlushingBuffer
+from taskcore.pipeline import TaskEvent
+from taskcore.redis_clients import state_redis
 
 PREFIX = "admin_backend:dashboard:"
 BUCKET_SECONDS = 10
@@ -32,16 +31,13 @@ OUTCOMES = ("succeeded", "failed", "retried")
 _STATE_TO_OUTCOME = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
 logger = logging.getLogger(__name__)
-_started: dict[str, float] = {}
-_client = {"pid": None, "client": None, "paused_until": 0.0}
-_lock = threading.Lock()
+_client = {"paused_until": 0.0}
 
 
 def enabled() -> bool:
     from django.conf import settings
 
-    value = getattr(settings, "DASHBOARD_TASK_STATS", os.environ.get("DASHBOARD_TASK_STATS", "1"))
-    return str(value).lower() not in ("0", "false", "no", "off")
+    return bool(getattr(settings, "DASHBOARD_TASK_STATS", True))
 
 
 def bucket_key(bucket: int) -> str:
@@ -52,28 +48,9 @@ def runtimes_key(queue: str) -> str:
     return f"{PREFIX}rt:{queue}"
 
 
-def stats_redis(timeout: float = 2.0):
-    """The Redis holding the counters: the broker's, or the result backend's on RabbitMQ.
-
-    One client per process (prefork children must not share the parent's sockets).
-    """
-    with _lock:
-        if _client["pid"] != os.getpid() or _client["client"] is None:
-            from admin_backend.celery import app
-            from taskcore.health.connections import liveness_redis
-
-            _client.update(pid=os.getpid(), client=liveness_redis(app, timeout))
-        return _client["client"]
-
-
-def _queue_of(task, name: str) -> str:
-    delivery = getattr(getattr(task, "request", None), "delivery_info", None) or {}
-    queue = delivery.get("routing_key")
-    if queue:
-        return str(queue)
-    from admin_backend.queues import queue_for_task
-
-    return queue_for_task(name)
+def stats_redis():
+    """The Redis holding the counters and samples: the state Redis (taskcore.redis_clients)."""
+    return state_redis()
 
 
 def record(queue: str, outcome: str, runtime: float | None, now: float | None = None) -> None:
@@ -103,33 +80,17 @@ def _write_outcomes(items: list[tuple]) -> None:
             pipe.execute()
     except Exception as exc:  # counting must never fail a task
         _client["paused_until"] = time.monotonic() + 30
-        _client["client"] = None
         logger.warning("dashboard task stats paused for 30s: %s", exc)
 
 
 _outcomes = FlushingBuffer("dashboard-task-stats", _write_outcomes, max_items=1000)
 
 
-def on_prerun(task_id=None, **kwargs):
-    if task_id:
-        _started[task_id] = time.monotonic()
-
-
-def on_postrun(task_id=None, task=None, state=None, **kwargs):
-    began = _started.pop(task_id, None)
-    outcome = _STATE_TO_OUTCOME.get(state or "")
-    if outcome is None:
-        return
-    name = getattr(task, "name", "") or ""
-    runtime = time.monotonic() - began if began is not None else None
-    record(_queue_of(task, name), outcome, runtime)
-
-
-def connect_signals() -> None:
-    if not enabled():
-        return
-    signals.task_prerun.connect(on_prerun, weak=False, dispatch_uid="dashboard.stats.prerun")
-    signals.task_postrun.connect(on_postrun, weak=False, dispatch_uid="dashboard.stats.postrun")
+def on_task_finished(run: TaskEvent) -> None:
+    """The pipeline's FINISHED subscriber: count the outcome, keep a success's runtime."""
+    outcome = _STATE_TO_OUTCOME.get(run.state)
+    if outcome is not None:
+        record(run.queue, outcome, run.runtime)
 
 
 def _percentile(ordered: list[float], fraction: float) -> float | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task, signals
+from celery import shared_task
 
-from admin_backend import queues
-from taskcore.base import PermanentError, TransientError, backoff_delay
+from taskcore.base import PermanentError, TransientError
+from taskcore.pipeline import TaskEvent
 
 from . import conf, delivery, services
 
@@ -39,7 +39,10 @@ def resume_stalled_deliveries() -> int:
     return services.resume_stalled_deliveries()
 
 
-@shared_task(bind=True, name="notifications.tasks.send_delivery_batch")
+SEND_DELIVERY_BATCH = "notifications.tasks.send_delivery_batch"
+
+
+@shared_task(bind=True, name=SEND_DELIVERY_BATCH)
 def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
     """Send up to EMAIL_BATCH_SIZE deliveries over one SMTP connection.
 
@@ -51,15 +54,11 @@ def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
     outcome = delivery.deliver_batch(delivery_ids, claim_token=self.request.id)
     if outcome.deferred:
         if self.request.retries < self.max_retries:
-            spec = queues.spec_for_task(self.name)
-            countdown = backoff_delay(
-                self.request.retries, base=spec.retry_backoff_base, cap=spec.retry_backoff_cap
-            )
             reason = TransientError(
                 f"{len(outcome.deferred)} recipient(s) deferred, last answer: "
                 f"{outcome.last_deferral}"
             )
-            raise self.retry(args=[outcome.deferred], countdown=countdown, exc=reason)
+            raise self.retry(args=[outcome.deferred], countdown=self.retry_countdown(), exc=reason)
         delivery.give_up(
             outcome.deferred,
             self.request.id,
@@ -69,24 +68,25 @@ def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
     return outcome.summary()
 
 
-@signals.task_failure.connect
-def fail_deliveries_of_a_failed_batch(sender=None, task_id=None, exception=None, args=None, **kw):
-    """A batch that fails for good takes its unsent deliveries with it, visibly.
+def fail_deliveries_of_a_failed_batch(failed: TaskEvent) -> None:
+    """The pipeline's FAILED subscriber for send_delivery_batch (``NotificationsConfig.ready()``).
 
-    Runs for a permanent error, for exhausted retries and for a hard time limit
-    (prefork pool)
-    (Celery sends this signal from the worker's main process then), so no
-    delivery stays "queued" or "sending" for ever after its task has ended.
+    A batch that fails for good takes its unsent deliveries with it, visibly:
+    for a permanent error, for exhausted retries and for a hard time limit
+    (prefork pool; the worker's main process reports it then), so no delivery
+    stays "queued" or "sending" for ever after its task has ended.
     """
-    if getattr(sender, "name", None) != send_delivery_batch.name or not args:
+    if not failed.args:
         return
     try:
-        delivery_ids = _delivery_ids(args[0])
+        delivery_ids = _delivery_ids(failed.args[0])
     except PermanentError:
         return
-    reason = f"batch task failed: {type(exception).__name__}: {exception}"
-    count = delivery.give_up(delivery_ids, task_id or "", reason)
-    logger.warning("batch %s failed; %d delivery(ies) marked failed: %s", task_id, count, reason)
+    reason = f"batch task failed: {failed.exception_type}: {failed.exception}"
+    count = delivery.give_up(delivery_ids, failed.task_id, reason)
+    logger.warning(
+        "batch %s failed; %d delivery(ies) marked failed: %s", failed.task_id, count, reason
+    )
 
 
 def _positive_int(value, what: str) -> int:

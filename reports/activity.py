@@ -1,15 +1,13 @@
-"""Task runs: recorded from Celery's signals, summed up in the task-activity report.
+"""Task runs: recorded from the task pipeline, summed up in the task-activity report.
+
+One row per execution, from the pipeline's ``FINISHED`` event (taskcore.pipeline,
+registered in ``ReportsConfig.ready()``): success, failure or retry alike, with
+the runtime the pipeline measured and the exception type, and also for a failure
+the worker's main process reports (hard time limit, lost child; no runtime then).
 
 Rows are written in batches (``taskcore.batching``: one multi-row INSERT per
 500 runs or per second, per process), not one commit per task: a worker killed
 with SIGKILL loses at most its last second of activity rows, never a task.
-
-- ``task_prerun`` notes the start time (a dictionary write);
-- ``task_postrun`` writes the row: success, failure or retry alike (Celery sends
-  it after every execution, with the final state);
-- ``task_failure`` / ``task_retry`` sent by the worker's *main* process (a hard
-  time limit, a lost child) have no postrun: they write the row themselves.
-  Sent inside the child, they only note the exception type for postrun.
 
 ``REPORTS_RECORD_TASK_RUNS = False`` switches recording off. A failure to record
 is logged and never affects the task.
@@ -17,31 +15,21 @@ is logged and never affects the task.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import time
 from collections.abc import Iterator
 from datetime import datetime
 
-from celery import signals
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
-from admin_backend import queues
 from taskcore.batching import FlushingBuffer
+from taskcore.pipeline import TaskEvent
 
 from . import conf
 
 logger = logging.getLogger(__name__)
-
-_started: dict[str, float] = {}
-_exceptions: dict[str, str] = {}
-
-
-def _queue_of(task, name: str) -> str:
-    request = getattr(task, "request", None)
-    delivery = getattr(request, "delivery_info", None) or {}
-    return delivery.get("routing_key") or queues.queue_for_task(name)
 
 
 def _write_runs(rows: list[dict]) -> None:
@@ -53,16 +41,22 @@ def _write_runs(rows: list[dict]) -> None:
 _runs = FlushingBuffer("reports-task-runs", _write_runs)
 
 
+@functools.cache
+def _known_states() -> frozenset[str]:
+    from .models import TaskRun
+
+    return frozenset(TaskRun.State.values)
+
+
 def record_run(*, task_id, task_name, queue, state, runtime, retries, exception="") -> None:
     from .models import TaskRun
 
-    known = {choice.value for choice in TaskRun.State}
     _runs.add(
         {
             "task_id": str(task_id or "")[:255],
             "task_name": str(task_name or "?")[:255],
             "queue": str(queue or "")[:100],
-            "state": state if state in known else TaskRun.State.OTHER,
+            "state": state if state in _known_states() else TaskRun.State.OTHER,
             "runtime": runtime if runtime is not None and math.isfinite(runtime) else None,
             "retries": int(retries or 0),
             "exception": str(exception or "")[:255],
@@ -71,59 +65,18 @@ def record_run(*, task_id, task_name, queue, state, runtime, retries, exception=
     )
 
 
-@signals.task_prerun.connect(dispatch_uid="reports.task_run.prerun")
-def on_task_prerun(task_id=None, **kwargs):
-    if conf.record_task_runs() and task_id:
-        _started[task_id] = time.perf_counter()
-
-
-@signals.task_postrun.connect(dispatch_uid="reports.task_run.postrun")
-def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
-    started = _started.pop(task_id, None)
-    exception = _exceptions.pop(task_id, "")
-    if started is None or not conf.record_task_runs():
-        return
-    name = getattr(task, "name", None) or "?"
-    record_run(
-        task_id=task_id,
-        task_name=name,
-        queue=_queue_of(task, name),
-        state=state,
-        runtime=time.perf_counter() - started,
-        retries=getattr(getattr(task, "request", None), "retries", 0),
-        exception=exception,
-    )
-
-
-def _record_outside_postrun(task, task_id, state, exception) -> None:
-    if task_id in _started:
-        # Running here: postrun follows and writes the row.
-        _exceptions[task_id] = exception
-        return
-    if not conf.record_task_runs():
-        return
-    name = getattr(task, "name", None) or "?"
-    record_run(
-        task_id=task_id,
-        task_name=name,
-        queue=_queue_of(task, name),
-        state=state,
-        runtime=None,
-        retries=getattr(getattr(task, "request", None), "retries", 0),
-        exception=exception,
-    )
-
-
-@signals.task_failure.connect(dispatch_uid="reports.task_run.failure")
-def on_task_failure(sender=None, task_id=None, exception=None, **kwargs):
-    _record_outside_postrun(sender, task_id, "FAILURE", type(exception).__name__)
-
-
-@signals.task_retry.connect(dispatch_uid="reports.task_run.retry")
-def on_task_retry(sender=None, request=None, reason=None, **kwargs):
-    task_id = getattr(request, "id", None)
-    cause = getattr(reason, "exc", None) or reason
-    _record_outside_postrun(sender, task_id, "RETRY", type(cause).__name__)
+def on_task_finished(run: TaskEvent) -> None:
+    """The pipeline's FINISHED subscriber: one row per execution."""
+    if conf.record_task_runs():
+        record_run(
+            task_id=run.task_id,
+            task_name=run.name,
+            queue=run.queue,
+            state=run.state,
+            runtime=run.runtime,
+            retries=run.retries,
+            exception=run.exception_type,
+        )
 
 
 # --- the task-activity report --------------------------------------------------

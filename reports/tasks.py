@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task, signals
+from celery import shared_task
 from django.db import DatabaseError
 
 from taskcore.base import PermanentError
+from taskcore.pipeline import TaskEvent
 
 from . import services
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="reports.tasks.run_export")
+RUN_EXPORT = "reports.tasks.run_export"
+
+
+@shared_task(bind=True, name=RUN_EXPORT)
 def run_export(self, export_id: int) -> dict:
     """Produce the file of an ``ExportRequest``; progress goes to the record and task state.
 
@@ -50,13 +54,16 @@ def export_model_csv(self, model_label: str, fields: list[str] | None = None) ->
     return services.export_model_csv(model_label, fields, task_id=self.request.id)
 
 
-@signals.task_failure.connect(dispatch_uid="reports.tasks.fail_unfinished_export")
-def fail_unfinished_export(sender=None, task_id=None, exception=None, args=None, **kwargs):
-    """A run_export that failed for good without recording it (killed, retries used up)."""
-    if getattr(sender, "name", None) != run_export.name or not args:
+def fail_unfinished_export(failed: TaskEvent) -> None:
+    """The pipeline's FAILED subscriber for run_export (registered in ``ReportsConfig.ready()``).
+
+    A run_export that failed for good without recording it (killed, retries used
+    up); within the run, before its failed result is stored.
+    """
+    if not failed.args:
         return
-    reason = f"stopped: {type(exception).__name__}: {exception}"
+    reason = f"stopped: {failed.exception_type}: {failed.exception}"
     try:
-        services.fail_unfinished(args[0], task_id, reason)
+        services.fail_unfinished(failed.args[0], failed.task_id, reason)
     except DatabaseError:  # the database may be what failed
-        logger.warning("could not mark export %r failed", args[0], exc_info=True)
+        logger.warning("could not mark export %r failed", failed.args[0], exc_info=True)

@@ -6,5 +6,11 @@ class TaskcoreConfig(AppConfig):
     verbose_name = "Task platform"
 
     def ready(self):
-        # Signal handlers and system checks register themselves on import.
-        from . import checks, deadletters, lifecycle, publishing  # noqa: F401
+        # System checks and the worker signals' receivers register themselves on import.
+        # The task pipeline connects Celery's task signals (the only module that
+        # does); taskcore's own subscribers: the task log lines and dead letters.
+        from . import checks, deadletters, lifecycle, pipeline  # noqa: F401
+
+        pipeline.install()
+        lifecycle.subscribe_task_lines()
+        pipeline.subscribe(deadletters.keep_failed_task, events=[pipeline.FAILED])

@@ -4,23 +4,31 @@ Transient errors (the network, the broker, a database that is briefly away,
 SMTP 4xx, our ``TransientError``) retry with exponential backoff and full
 jitter, up to the queue table's ``max_retries``. Everything else fails at once:
 retrying a validation error only delays the same failure.
+
+The backoff is Celery's: its task options ``retry_backoff`` (factor, seconds),
+``retry_backoff_max`` and ``retry_jitter``, set per queue by the queue table's
+annotations (``taskcore.queues``), and its ``get_exponential_backoff_interval``.
+What to retry is ours: Celery's ``autoretry_for`` decides by exception class
+only, and an SMTP reply is transient or not by its code (4xx or 5xx).
+A run that fails for good is handed to the pipeline (``FAILED``) before its
+result is stored.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import smtplib
 import socket
 
 from celery import Task
+from celery.exceptions import TaskPredicate
+from celery.utils.time import get_exponential_backoff_interval
 from django.db import InterfaceError, OperationalError
 from django.db.models import Model
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from admin_backend import queues
+from . import pipeline
 
 
 class TransientError(Exception):
@@ -35,9 +43,6 @@ class RedeliveredTooOften(PermanentError):
     """The message came back after its worker died, more times than allowed."""
 
 
-# Deliveries of one message whose worker died (task_reject_on_worker_lost
-# requeues it) before it goes to dead letters instead of running again.
-MAX_DELIVERIES = int(os.environ.get("CELERY_MAX_DELIVERIES", "3"))
 DELIVERY_COUNT_TTL = 24 * 3600
 
 
@@ -68,18 +73,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
-def backoff_delay(
-    retries: int, *, base: float, cap: float, rng: random.Random | None = None
-) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**retries)].
-
-    Full jitter spreads a burst of failures over the whole window, so a broker or
-    SMTP server that comes back is not hit by every retry at the same second.
-    """
-    ceiling = min(cap, base * (2**retries))
-    return (rng or random).uniform(0, ceiling)
-
-
 def reject_model_instances(values) -> None:
     for value in values:
         if isinstance(value, Model):
@@ -93,9 +86,11 @@ class BaseTask(Task):
     """Retry transient errors with backoff; fail permanent ones at once."""
 
     abstract = True
-    # Per-task overrides of the queue table's backoff (seconds); None: the queue's.
-    backoff_base: float | None = None
-    backoff_cap: float | None = None
+    # Celery's retry options (the queue table's annotations set them per queue):
+    # backoff factor and cap in seconds, full jitter.
+    retry_backoff: int = 2
+    retry_backoff_max: int = 600
+    retry_jitter: bool = True
 
     def apply_async(self, args=None, kwargs=None, **options):
         reject_model_instances(args or ())
@@ -107,43 +102,45 @@ class BaseTask(Task):
             if not self.request.called_directly:
                 self._refuse_endless_redelivery()
             return super().__call__(*args, **kwargs)
+        except TaskPredicate:  # Retry, Ignore, Reject: Celery's own control flow
+            raise
         except Exception as exc:
             if self.request.called_directly:
                 raise
             retries_left = self.max_retries is None or self.request.retries < self.max_retries
             if not (is_transient(exc) and retries_left):
-                # Failing for good: let the task record it before the result is visible.
-                self.before_final_failure(exc, args, kwargs)
+                # Failing for good: subscribers record it before the result is visible.
+                pipeline.failed_for_good(self, exc, args, kwargs)
                 raise
-            spec = queues.spec_for_task(self.name)
-            countdown = backoff_delay(
-                self.request.retries,
-                base=self.backoff_base
-                if self.backoff_base is not None
-                else spec.retry_backoff_base,
-                cap=self.backoff_cap if self.backoff_cap is not None else spec.retry_backoff_cap,
-            )
-            # RabbitMQ quorum queues: native delayed delivery counts whole seconds and
-            # kombu raises for 0 < countdown < 1 (the retry would be rejected and lost).
-            if 0 < countdown < 1 and str(self.app.conf.broker_url).split(":", 1)[0] in (
-                "amqp",
-                "amqps",
-                "pyamqp",
-            ):
-                countdown = 1
             # retry() raises Retry, or re-raises exc once max_retries is reached.
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            raise self.retry(exc=exc, countdown=self.retry_countdown()) from exc
 
-    def before_final_failure(self, exc: BaseException, args: tuple, kwargs: dict) -> None:
-        """Called in the worker when this run fails for good (no retry follows).
+    def retry_countdown(self) -> int | float | None:
+        """Seconds before the next attempt: Celery's exponential backoff with full jitter.
 
-        Unlike Celery's ``on_failure``, it runs before the failure is stored, so a
-        caller that sees the failed result also sees what the task recorded.
-        Override to mark a record failed; the default does nothing.
+        None (``retry_backoff`` off): Celery's ``default_retry_delay``.
         """
+        if not self.retry_backoff:
+            return None
+        countdown = get_exponential_backoff_interval(
+            factor=int(max(1, self.retry_backoff)),
+            retries=self.request.retries,
+            maximum=self.retry_backoff_max,
+            full_jitter=self.retry_jitter,
+        )
+        # RabbitMQ quorum queues: native delayed delivery counts whole seconds and
+        # kombu raises for 0 < countdown < 1 (the retry would be rejected and lost).
+        # Celery's interval is whole seconds; this guards an override that is not.
+        if 0 < countdown < 1 and str(self.app.conf.broker_url).split(":", 1)[0] in (
+            "amqp",
+            "amqps",
+            "pyamqp",
+        ):
+            countdown = 1
+        return countdown
 
     def _refuse_endless_redelivery(self) -> None:
-        """Count deliveries of redelivered messages; past MAX_DELIVERIES, fail for good.
+        """Count deliveries of redelivered messages; past CELERY_MAX_DELIVERIES, fail for good.
 
         Only a message that came back (kombu marks it ``redelivered``) is counted,
         so the normal path costs nothing. The count lives in the cache (Redis)
@@ -152,13 +149,17 @@ class BaseTask(Task):
         delivery = self.request.delivery_info or {}
         if not delivery.get("redelivered"):
             return
+        from django.conf import settings
         from django.core.cache import cache
 
+        # Deliveries of one message whose worker died (task_reject_on_worker_lost
+        # requeues it) before it goes to dead letters instead of running again.
+        max_deliveries = getattr(settings, "CELERY_MAX_DELIVERIES", 3)
         key = f"taskcore:deliveries:{self.request.id}"
         cache.add(key, 1, timeout=DELIVERY_COUNT_TTL)  # the first delivery was not counted
         deliveries = cache.incr(key)
-        if deliveries > MAX_DELIVERIES:
+        if deliveries > max_deliveries:
             raise RedeliveredTooOften(
                 f"delivered {deliveries} times and its worker died each time "
-                f"(limit {MAX_DELIVERIES}); not running it again"
+                f"(limit {max_deliveries}); not running it again"
             )

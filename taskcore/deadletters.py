@@ -1,8 +1,10 @@
 """Dead letters: every task that fails for good is kept, and can be replayed.
 
-Recorded from Celery's ``task_failure`` signal in the worker process that ran
-the task, so whatever the cause (a permanent error, retries exhausted, a time
-limit, a message whose worker died on every delivery) the same path keeps it.
+Recorded by a subscriber of the pipeline's ``FAILED`` event (taskcore.pipeline),
+in the worker process that ran the task or, for a hard time limit or a lost
+child, in the worker's main process: whatever the cause (a permanent error,
+retries exhausted, a time limit, a message whose worker died on every delivery)
+the same path keeps it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery import signals
+from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from admin_backend.queues import queue_for_task
-
+from . import pipeline
+from .redis_clients import state_redis
 from .secrets import MASK, mask_text
 
 logger = logging.getLogger("celery.lifecycle.task")
@@ -78,26 +80,12 @@ def classify_failure(exception: BaseException, *, retries: int, max_retries: int
     return DeadLetter.Reason.PERMANENT_ERROR
 
 
-@dataclass(frozen=True)
-class FailedTask:
-    task_id: str
-    task_name: str
-    queue: str
-    args: list
-    kwargs: dict
-    exception: BaseException
-    traceback: str
-    retries: int
-    max_retries: int | None
-    hostname: str
-
-
-def dead_letter_values(failed: FailedTask) -> dict:
+def dead_letter_values(failed: pipeline.TaskEvent) -> dict:
     """The stored fields of a dead letter: JSON-able, arguments and texts masked."""
     args, args_masked = mask_arguments(_jsonable(list(failed.args or [])))
     kwargs, kwargs_masked = mask_arguments(_jsonable(dict(failed.kwargs or {})))
     return {
-        "task_name": failed.task_name,
+        "task_name": failed.name,
         "queue": failed.queue,
         "args": args,
         "kwargs": kwargs,
@@ -130,24 +118,16 @@ def store_dead_letter(task_id: str, values: dict):
 # --- parked dead letters: the database was away when the task failed ----------
 #
 # The task's message is acknowledged once it has failed, so a dead letter that
-# cannot be written is the only trace of that work. It waits in the result
-# backend's Redis (always Redis, also with RabbitMQ as the broker) until
+# cannot be written is the only trace of that work. It waits in the state Redis
+# (taskcore.redis_clients.state_redis: Redis also with RabbitMQ as the broker) until
 # store_parked_dead_letters() moves it into the database: run by the outbox relay
 # (worker start-up, beat every minute) and by ``manage.py dead_letters``.
 
 PARKED_KEY = "taskcore:deadletters:parked"
 
 
-def _parking_redis():
-    from admin_backend.celery import app
-
-    from .health.connections import backend_redis
-
-    return backend_redis(app, timeout=5)
-
-
 def park_dead_letter(task_id: str, values: dict) -> None:
-    _parking_redis().lpush(PARKED_KEY, json.dumps({"task_id": task_id, "values": values}))
+    state_redis().lpush(PARKED_KEY, json.dumps({"task_id": task_id, "values": values}))
 
 
 def store_parked_dead_letters(limit: int = 1000) -> int:
@@ -156,7 +136,7 @@ def store_parked_dead_letters(limit: int = 1000) -> int:
     Each is removed from Redis only after its row is committed (storing is
     idempotent by task id), so a crash in between stores it twice, never zero times.
     """
-    client = _parking_redis()
+    client = state_redis()
     stored = 0
     while stored < limit:
         raw = client.lindex(PARKED_KEY, -1)
@@ -173,27 +153,8 @@ def store_parked_dead_letters(limit: int = 1000) -> int:
     return stored
 
 
-@signals.task_failure.connect
-def keep_failed_task(
-    sender=None, task_id=None, exception=None, args=None, kwargs=None, einfo=None, **extra
-):
-    task = sender
-    request = getattr(task, "request", None)
-    delivery = getattr(request, "delivery_info", None) or {}
-    failed = FailedTask(
-        task_id=task_id,
-        task_name=getattr(task, "name", "?"),
-        # A hard time limit is reported by the main process, where the task has no
-        # delivery info: fall back to the queue the task is routed to.
-        queue=delivery.get("routing_key") or queue_for_task(getattr(task, "name", "")),
-        args=args or [],
-        kwargs=kwargs or {},
-        exception=exception,
-        traceback=str(einfo.traceback) if einfo else "",
-        retries=getattr(request, "retries", 0) or 0,
-        max_retries=getattr(task, "max_retries", None),
-        hostname=getattr(request, "hostname", "") or "",
-    )
+def keep_failed_task(failed: pipeline.TaskEvent) -> None:
+    """The pipeline's FAILED subscriber: store the dead letter, or park it in Redis."""
     values = dead_letter_values(failed)
     try:
         store_dead_letter(failed.task_id, values)
@@ -201,7 +162,7 @@ def keep_failed_task(
     except Exception:
         logger.error(
             "could not store dead letter for %s[%s] in the database; parking it in Redis",
-            failed.task_name,
+            failed.name,
             failed.task_id,
             exc_info=True,
         )
@@ -211,7 +172,7 @@ def keep_failed_task(
         # Database and Redis away: the log line below still holds everything needed.
         logger.critical(
             "could not store or park dead letter for %s[%s] args=%r kwargs=%r",
-            failed.task_name,
+            failed.name,
             failed.task_id,
             values["args"],
             values["kwargs"],
@@ -228,9 +189,7 @@ def replay(letter, app=None) -> str:
     Raises ReplayError naming the problem; the record is marked only after the
     broker accepted the message, so a failed replay loses nothing.
     """
-    from admin_backend.celery import app as default_app
-
-    app = app or default_app
+    app = app or current_app
     if letter.arguments_masked:
         raise ReplayError(
             f"dead letter {letter.pk}: its arguments held secrets that were masked; "

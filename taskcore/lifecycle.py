@@ -1,61 +1,40 @@
-"""Log the worker's and each task's lifecycle from Celery's signals.
+"""Log lines of the worker's life (Celery's worker signals) and of each task's (the pipeline).
 
-Kept cheap on purpose: one dictionary write at start and one pop at the end of
-each task, one log line per transition. Task lines go to the
-``celery.lifecycle.task`` logger (``logs/celery_tasks.log``), worker lines to
-``celery.lifecycle.worker`` (``logs/celery.log``).
+Worker lines go to ``celery.lifecycle.worker`` (``logs/celery.log``), from the
+worker signals connected below. Task lines go to ``celery.lifecycle.task``
+(``logs/celery_tasks.log``), from a subscriber of :mod:`taskcore.pipeline`
+(which owns every task signal), registered by :func:`subscribe_task_lines`.
 
 A successful task writes one INFO line ("task finished", with state and
 runtime); "task received" and "task started" are DEBUG lines, INFO with
-``CELERY_TASK_LOG_LINES=verbose``. ``CELERY_TASK_LIFECYCLE_LOG=0`` leaves out
-the successful tasks' lines altogether (see docs/benchmarks.md, B1). Retries,
-failures, rejections and revocations are always logged.
+``CELERY_TASK_LOG_LINES = "verbose"``. ``CELERY_TASK_LIFECYCLE_LOG = False``
+leaves out the successful tasks' lines altogether (see docs/benchmarks.md, B1).
+Retries, failures, rejections and revocations are always logged. Both are
+Django settings (read from the environment of the same names).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 
 from celery import signals
 
+from . import pipeline
 from .secrets import mask_text
 
 worker_log = logging.getLogger("celery.lifecycle.worker")
 task_log = logging.getLogger("celery.lifecycle.task")
 
-_started_at: dict[str, float] = {}
-
-# Received/started lines: INFO in the verbose mode, DEBUG otherwise.
-TRANSITION_LEVEL = (
-    logging.INFO
-    if os.environ.get("CELERY_TASK_LOG_LINES", "summary").lower() == "verbose"
-    else logging.DEBUG
-)
-
-LIFECYCLE_LOG = os.environ.get("CELERY_TASK_LIFECYCLE_LOG", "1").lower() not in (
-    "0",
-    "false",
-    "no",
-    "off",
-)
+# Received/started lines: INFO in the verbose mode, DEBUG otherwise (see subscribe_task_lines).
+_transition_level = {"level": logging.DEBUG}
 
 
-def _ids(task=None, request=None, task_id=None):
-    request = request or getattr(task, "request", None)
-    # A worker-side Request names its task in .task_name, a task's Context in .task.
-    name = (
-        getattr(task, "name", None)
-        or getattr(request, "task_name", None)
-        or getattr(request, "task", None)
-    )
-    if not isinstance(name, str):
-        name = "?"
-    return {"task_id": task_id or getattr(request, "id", None) or "-", "task_name": name}
+def _ids(record: pipeline.TaskEvent) -> dict:
+    return {"task_id": record.task_id, "task_name": record.name}
 
 
-# --- worker ------------------------------------------------------------------
+# --- worker: Celery's worker signals (not task signals: not the pipeline's) -------
 
 
 @signals.worker_ready.connect
@@ -133,99 +112,110 @@ def on_worker_setup(sender=None, instance=None, conf=None, **kwargs):
     )
 
 
-# --- tasks -------------------------------------------------------------------
+# --- tasks (a pipeline subscriber) --------------------------------------------
 
 
-def on_task_received(request=None, **kwargs):
-    if not task_log.isEnabledFor(TRANSITION_LEVEL):
+def on_task_received(record: pipeline.TaskEvent) -> None:
+    level = _transition_level["level"]
+    if task_log.isEnabledFor(level):
+        task_log.log(
+            level,
+            "task received: eta=%s retries=%s",
+            record.detail.get("eta") if record.detail else None,
+            record.retries,
+            extra=_ids(record),
+        )
+
+
+def on_task_started(record: pipeline.TaskEvent) -> None:
+    level = _transition_level["level"]
+    if task_log.isEnabledFor(level):
+        task_log.log(level, "task started: retries=%s", record.retries, extra=_ids(record))
+
+
+def on_task_finished(record: pipeline.TaskEvent) -> None:
+    if not record.in_run:  # the main process's "task failed" line says it all
         return
-    task_log.log(
-        TRANSITION_LEVEL,
-        "task received: eta=%s retries=%s",
-        getattr(request, "eta", None),
-        getattr(request, "request_dict", {}).get("retries", 0),
-        extra=_ids(request=request),
-    )
+    level = logging.INFO if record.state == "SUCCESS" else logging.WARNING
+    if task_log.isEnabledFor(level):
+        task_log.log(
+            level,
+            "task finished: state=%s runtime=%.3fs retries=%s",
+            record.state,
+            record.runtime if record.runtime is not None else float("nan"),
+            record.retries,
+            extra=_ids(record),
+        )
 
 
-def on_task_prerun(task_id=None, task=None, **kwargs):
-    _started_at[task_id] = time.perf_counter()
-    if not task_log.isEnabledFor(TRANSITION_LEVEL):
-        return
-    task_log.log(
-        TRANSITION_LEVEL,
-        "task started: retries=%s",
-        task.request.retries,
-        extra=_ids(task, task_id=task_id),
-    )
-
-
-def on_task_postrun(task_id=None, task=None, state=None, **kwargs):
-    started = _started_at.pop(task_id, None)
-    level = logging.INFO if state == "SUCCESS" else logging.WARNING
-    if not task_log.isEnabledFor(level):
-        return
-    runtime = time.perf_counter() - started if started is not None else float("nan")
-    task_log.log(
-        level,
-        "task finished: state=%s runtime=%.3fs retries=%s",
-        state,
-        runtime,
-        getattr(getattr(task, "request", None), "retries", 0) or 0,
-        extra=_ids(task, task_id=task_id),
-    )
-
-
-if LIFECYCLE_LOG:
-    signals.task_received.connect(on_task_received)
-    signals.task_prerun.connect(on_task_prerun)
-    signals.task_postrun.connect(on_task_postrun)
-
-
-@signals.task_retry.connect
-def on_task_retry(request=None, reason=None, einfo=None, sender=None, **kwargs):
+def on_task_retried(record: pipeline.TaskEvent) -> None:
     task_log.warning(
         "task retry: attempt=%s reason=%s",
-        (getattr(request, "retries", 0) or 0) + 1,
-        mask_text(repr(reason)),
-        extra=_ids(sender, request=request),
+        record.retries + 1,
+        mask_text(repr(record.detail.get("reason") if record.detail else None)),
+        extra=_ids(record),
     )
 
 
-@signals.task_failure.connect
-def on_task_failure(task_id=None, exception=None, einfo=None, sender=None, **kwargs):
+def on_task_failed(record: pipeline.TaskEvent) -> None:
     task_log.error(
         "task failed: %s: %s\n%s",
-        type(exception).__name__,
-        mask_text(str(exception)),
-        mask_text(str(einfo.traceback)) if einfo else "",
-        extra=_ids(sender, task_id=task_id),
+        record.exception_type,
+        mask_text(str(record.exception)),
+        mask_text(record.traceback),
+        extra=_ids(record),
     )
 
 
-@signals.task_rejected.connect
-def on_task_rejected(message=None, exc=None, **kwargs):
-    headers = getattr(message, "headers", None) or {}
+def on_task_rejected(record: pipeline.TaskEvent) -> None:
     task_log.error(
         "message rejected: %s",
-        mask_text(repr(exc)),
-        extra={"task_id": headers.get("id", "-"), "task_name": headers.get("task", "?")},
+        mask_text(repr(record.detail.get("reason") if record.detail else None)),
+        extra=_ids(record),
     )
 
 
-@signals.task_revoked.connect
-def on_task_revoked(request=None, terminated=None, signum=None, expired=None, **kwargs):
+def on_task_revoked(record: pipeline.TaskEvent) -> None:
+    detail = record.detail or {}
     task_log.warning(
         "task revoked: terminated=%s signal=%s expired=%s",
-        terminated,
-        signum,
-        expired,
-        extra=_ids(request=request),
+        detail.get("terminated"),
+        detail.get("signum"),
+        detail.get("expired"),
+        extra=_ids(record),
     )
 
 
-@signals.task_unknown.connect
-def on_task_unknown(name=None, id=None, message=None, exc=None, **kwargs):
-    task_log.error(
-        "unknown task refused: %s", name, extra={"task_id": id or "-", "task_name": name}
-    )
+def on_task_unknown(record: pipeline.TaskEvent) -> None:
+    task_log.error("unknown task refused: %s", record.name, extra=_ids(record))
+
+
+def subscribe_task_lines() -> None:
+    """Register the task lines with the pipeline, as the settings say.
+
+    ``CELERY_TASK_LOG_LINES``: ``"verbose"`` makes received/started lines INFO.
+    ``CELERY_TASK_LIFECYCLE_LOG``: False leaves out received/started/finished.
+    """
+    from django.conf import settings
+
+    verbose = str(getattr(settings, "CELERY_TASK_LOG_LINES", "summary")).lower() == "verbose"
+    _transition_level["level"] = logging.INFO if verbose else logging.DEBUG
+    problems = {
+        pipeline.RETRIED: on_task_retried,
+        pipeline.FAILED: on_task_failed,
+        pipeline.REJECTED: on_task_rejected,
+        pipeline.REVOKED: on_task_revoked,
+        pipeline.UNKNOWN: on_task_unknown,
+    }
+    for event, callback in problems.items():
+        pipeline.subscribe(callback, events=[event])
+    transitions = {
+        pipeline.RECEIVED: on_task_received,
+        pipeline.STARTED: on_task_started,
+        pipeline.FINISHED: on_task_finished,
+    }
+    for event, callback in transitions.items():
+        if getattr(settings, "CELERY_TASK_LIFECYCLE_LOG", True):
+            pipeline.subscribe(callback, events=[event])
+        else:
+            pipeline.unsubscribe(f"{callback.__module__}.{callback.__qualname__}")

@@ -2,19 +2,12 @@
 
 ``sent_at`` (epoch seconds, float) lets the health checks measure the age of the
 oldest message in a queue and the queue wait of a task, whoever published it.
+The stamp is the pipeline's ``before_task_publish`` receiver
+(:func:`taskcore.pipeline.stamp_sent_at`): the pipeline owns every task signal.
 """
 
 from __future__ import annotations
 
-import time
+from .pipeline import SENT_AT_HEADER, stamp_sent_at
 
-from celery import signals
-
-SENT_AT_HEADER = "sent_at"
-
-
-@signals.before_task_publish.connect
-def stamp_sent_at(headers=None, **kwargs):
-    if headers is not None:
-        # Each publish (first send, retry, replay) is a new message with its own age.
-        headers[SENT_AT_HEADER] = time.time()
+__all__ = ["SENT_AT_HEADER", "stamp_sent_at"]

@@ -24,8 +24,9 @@ def fails_permanently(reason: str) -> None:
     bind=True,
     name="taskcore.testing.fails_transiently",
     max_retries=3,
-    backoff_base=0.05,
-    backoff_cap=0.2,
+    # Celery's backoff in whole seconds: 0 or 1 s before each retry.
+    retry_backoff=1,
+    retry_backoff_max=1,
 )
 def fails_transiently(self, key: str, failures: int) -> int:
     """Fail with a transient error the first ``failures`` calls for ``key``, then succeed."""
@@ -34,6 +35,14 @@ def fails_transiently(self, key: str, failures: int) -> int:
     if calls <= failures:
         raise TransientError(f"call {calls} of {key}: not yet")
     return calls
+
+
+@shared_task(name="taskcore.testing.task_signal_receivers")
+def task_signal_receivers() -> dict[str, list[str]]:
+    """Where each Celery task signal's receivers are defined, seen from inside a worker."""
+    from taskcore.testing.signals import task_signal_receivers as receivers
+
+    return receivers()
 
 
 @shared_task(name="taskcore.testing.kills_its_process")
