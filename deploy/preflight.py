@@ -61,8 +61,10 @@ def probe_redis(url: str, timeout: float = 2.0) -> tuple[str, str]:
     """("up" | "auth" | "down", reason) for the Redis at ``url``; the reason is masked."""
     import redis
 
+    from taskcore.redis_clients import connect, probe_options
+
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = connect(url, probe_options(timeout))
         client.ping()
         return "up", ""
     except redis.AuthenticationError as exc:
