@@ -143,21 +143,24 @@ class BaseTask(Task):
         """Count deliveries of redelivered messages; past CELERY_MAX_DELIVERIES, fail for good.
 
         Only a message that came back (kombu marks it ``redelivered``) is counted,
-        so the normal path costs nothing. The count lives in the cache (Redis)
-        because the worker that saw the earlier deliveries is dead.
+        so the normal path costs nothing. The count lives in the state Redis
+        (``taskcore.redis_clients``) because the worker that saw the earlier
+        deliveries is dead.
         """
         delivery = self.request.delivery_info or {}
         if not delivery.get("redelivered"):
             return
         from django.conf import settings
-        from django.core.cache import cache
+
+        from .redis_clients import state_redis
 
         # Deliveries of one message whose worker died (task_reject_on_worker_lost
         # requeues it) before it goes to dead letters instead of running again.
         max_deliveries = getattr(settings, "CELERY_MAX_DELIVERIES", 3)
         key = f"taskcore:deliveries:{self.request.id}"
-        cache.add(key, 1, timeout=DELIVERY_COUNT_TTL)  # the first delivery was not counted
-        deliveries = cache.incr(key)
+        client = state_redis()
+        client.set(key, 1, nx=True, ex=DELIVERY_COUNT_TTL)  # the first delivery was not counted
+        deliveries = client.incr(key)
         if deliveries > max_deliveries:
             raise RedeliveredTooOften(
                 f"delivered {deliveries} times and its worker died each time "
