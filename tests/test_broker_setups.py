@@ -160,6 +160,58 @@ def test_the_apps_work_on_the_broker_setup(
     print(f"\n{request.node.name}: {time.monotonic() - started:.1f}s", file=sys.__stdout__)
 
 
+def test_the_state_redis_follows_the_broker_setup():
+    """The state Redis: the broker's (REDIS_PASSWORD added behind Sentinel), else REDIS_URL."""
+    setups = {
+        "redis://10.0.0.5:6379/0": "redis://10.0.0.5:6379/0",
+        "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0": (
+            "sentinel://:p%40ss@10.0.0.1:26379/0;sentinel://:p%40ss@10.0.0.2:26379/0"
+        ),
+        "amqp://guest:guest@10.0.0.9:5672//": "redis://10.0.0.7:6379/3",
+    }
+    script = (
+        "import django; django.setup(); from taskcore.redis_clients import state_url; "
+        "print(state_url())"
+    )
+    for broker, expected in setups.items():
+        env = {
+            **os.environ,
+            "CELERY_BROKER_URL": broker,
+            "REDIS_URL": "redis://10.0.0.7:6379/3",
+            "REDIS_PASSWORD": "p@ss",
+            "DJANGO_SETTINGS_MODULE": "admin_backend.settings",
+        }
+        env.pop("CELERY_RESULT_BACKEND", None)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == expected, broker
+
+
+def test_a_forked_child_builds_its_own_state_client():
+    """Prefork children never share the sockets of the parent they were forked from."""
+    import multiprocessing
+
+    from taskcore.redis_clients import state_redis
+
+    parent = state_redis()
+    assert parent.ping() and state_redis() is parent  # one client per process
+    parent_id = id(parent)
+
+    def child(answers):
+        client = state_redis()
+        answers.put((id(client) != parent_id, client is state_redis(), client.ping()))
+
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    process = context.Process(target=child, args=(answers,))
+    process.start()
+    process.join(30)
+    assert answers.get(timeout=5) == (True, True, True)
+    assert parent.ping()
+
+
 # --- helpers of the test --------------------------------------------------------
 def _created():
     import datetime as dt
