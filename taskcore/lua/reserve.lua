@@ -1,16 +1,8 @@
--- Atomic reservation for taskcore.reliable_redis: pop messages and record them
--- as unacknowledged in one step, so a message is always in its queue or in
--- kombu's unacked hash, never only in a consumer's memory.
---
--- KEYS: the queue lists in the order to take from, then the bells, then the
---       unacked hash, its index (a sorted set) and the unparseable list.
--- ARGV: number of queue lists, number of bells, most messages to take, now
---       (seconds), most bells kept, then the delivery tags acknowledged since
---       the last call (removed first: acks ride along with the reservation).
--- Returns {unparseable count, key1, message1, key2, message2, ...}.
---
--- The unacked entry is the JSON array kombu's QoS.append writes:
--- [message, exchange, routing_key].
+-- Atomic reservation (taskcore/reliable_redis.py): pop and record in kombu's unacked, one step.
+-- KEYS: the queue lists in the order to take from, the bells, unacked, its index, unparseable.
+-- ARGV: number of queue lists, number of bells, most messages to take, now, most bells kept,
+-- then the tags acknowledged since the last call (removed first).
+-- Returns {unparseable count, key1, message1, ...}; unacked entries as kombu's QoS.append writes.
 local n_queues, n_bells = tonumber(ARGV[1]), tonumber(ARGV[2])
 local limit, now, max_bells = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local unacked, index = KEYS[n_queues + n_bells + 1], KEYS[n_queues + n_bells + 2]
