@@ -257,6 +257,18 @@ def test_settings_choose_the_atomic_transport_and_the_url_stays_ordinary(
     assert settings_value("getattr(s, 'CELERY_BROKER_TRANSPORT', None)", url) == "None"
 
 
+def test_a_failover_to_the_next_sentinel_url_keeps_the_transport():
+    """kombu takes the transport from the URL's scheme again when it switches hosts; an
+    explicit transport class (the old CELERY_BROKER_TRANSPORT) fell back to kombu's there."""
+    conn = Connection("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2")  # this run's settings
+    assert conn.get_transport_cls() is reliable_redis.SentinelTransport
+    conn.switch("sentinel://127.0.0.1:2")
+    assert conn.get_transport_cls() is reliable_redis.SentinelTransport
+    explicit = Connection("sentinel://127.0.0.1:1", transport="kombu.transport.redis:Transport")
+    explicit.switch("sentinel://127.0.0.1:2")
+    assert explicit.transport_cls == "sentinel"
+
+
 def test_a_publish_no_replica_acknowledged_raises_not_replicated(url, client):
     queue = make_queue()
     options = {"replica_acks": 1, "replica_ack_timeout": 50}
