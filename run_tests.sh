@@ -68,6 +68,8 @@ echo "== ruff check"
 "$PY" -m ruff check .
 echo "== ruff format --check"
 "$PY" -m ruff format --check .
+echo "== import-linter (layers: admin_backend -> apps -> taskcore)"
+"$VENV_DIR/bin/lint-imports"
 echo "== shellcheck"
 "$VENV_DIR/bin/shellcheck" start_celery.sh run_tests.sh .ci/run
 

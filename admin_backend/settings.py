@@ -12,14 +12,23 @@ import environ
 
 from admin_backend import queues
 from taskcore.logging import build_logging_config, detect_process_role
+from taskcore.queues import QueueTable
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
+# The project directory holds var/ (SQLite database, static, media), logs/ and .env;
+# relative paths in the settings start there. A checkout: beside manage.py. An
+# installed copy (pip install ., where BASE_DIR is site-packages): ADMIN_BACKEND_HOME,
+# else the working directory.
+PROJECT_DIR = Path(
+    os.environ.get("ADMIN_BACKEND_HOME")
+    or (BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd())
+).resolve()
+VAR_DIR = PROJECT_DIR / "var"
 
 env = environ.Env()
 # The test runs set DJANGO_READ_DOT_ENV=0: a developer's .env must not change them.
 if os.environ.get("DJANGO_READ_DOT_ENV", "1") != "0":
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+    environ.Env.read_env(PROJECT_DIR / ".env", overwrite=False)
 
 
 def env_or(name: str, default: str) -> str:
@@ -90,7 +99,7 @@ TEMPLATES = [
 ]
 
 # --- Database ----------------------------------------------------------------
-VAR_DIR.mkdir(exist_ok=True)
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 DATABASES = {
     "default": env.db_url_config(env_or("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))
 }
@@ -113,8 +122,17 @@ else:
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
             "application_name", f"admin_backend {detect_process_role(sys.argv)}"
         )
+    if DATABASES["default"]["ENGINE"].endswith("mysql"):
+        # MariaDB/MySQL: utf8mb4 holds all of Unicode (their "utf8" stops at three
+        # bytes: an emoji in a subject would fail); strict mode makes a value too long
+        # for its column an error instead of silently cut. ?charset=... in the URL wins.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
+        DATABASES["default"]["OPTIONS"].setdefault(
+            "init_command", "SET sql_mode='STRICT_TRANS_TABLES'"
+        )
+        DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
     if os.environ.get("TEST_DATABASE_NAME"):
-        DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
+        DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["TEST_DATABASE_NAME"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -131,14 +149,14 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / env_or("STATIC_ROOT", str(VAR_DIR / "static"))
+STATIC_ROOT = PROJECT_DIR / env_or("STATIC_ROOT", str(VAR_DIR / "static"))
 # Until collectstatic has run (a fresh checkout, the tests) WhiteNoise would warn
 # "No directory at var/static/" at every start; an empty directory serves nothing.
 # Where it cannot be created, that warning is the right message.
 with contextlib.suppress(OSError):
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
-MEDIA_ROOT = BASE_DIR / env_or("MEDIA_ROOT", str(VAR_DIR / "media"))
+MEDIA_ROOT = PROJECT_DIR / env_or("MEDIA_ROOT", str(VAR_DIR / "media"))
 # Upload limits (media queue); renditions and storages: see media/conf.py.
 MEDIA_UPLOAD_MAX_BYTES = env.int("MEDIA_UPLOAD_MAX_BYTES", default=20 * 1024 * 1024)
 MEDIA_UPLOAD_MAX_PIXELS = env.int("MEDIA_UPLOAD_MAX_PIXELS", default=50_000_000)
@@ -160,6 +178,8 @@ REPORTS_EXPORT_ROOT = env_or("REPORTS_EXPORT_ROOT", "")
 REPORTS_EXPORT_TTL_SECONDS = env.int("REPORTS_EXPORT_TTL_SECONDS", default=7 * 24 * 3600)
 REPORTS_SITE_URL = env_or("REPORTS_SITE_URL", "")  # links in emails sent by the commands
 REPORTS_RECORD_TASK_RUNS = env.bool("REPORTS_RECORD_TASK_RUNS", default=True)
+# Dashboard: task outcomes and runtimes per queue counted in the workers (dashboard/stats.py).
+DASHBOARD_TASK_STATS = env.bool("DASHBOARD_TASK_STATS", default=True)
 
 # --- Email (development default: the local aiosmtpd server of start_celery.sh) -
 EMAIL_BACKEND = env_or("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
@@ -171,6 +191,30 @@ EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 DEFAULT_FROM_EMAIL = env_or("DEFAULT_FROM_EMAIL", "AU-VLP <no-reply@localhost>")
+# Campaigns and links in mail (checked and documented in notifications/conf.py).
+EMAIL_BATCH_SIZE = env_or("EMAIL_BATCH_SIZE", "100")
+EMAIL_SITE_URL = env_or("EMAIL_SITE_URL", "http://127.0.0.1:8000")
+EMAIL_UNSUBSCRIBE_MAILTO = env_or("EMAIL_UNSUBSCRIBE_MAILTO", "")
+EMAIL_MESSAGE_ID_DOMAIN = env_or("EMAIL_MESSAGE_ID_DOMAIN", "")
+
+# --- Health checks and beat liveness (documented in taskcore/health/conf.py) ---
+HEALTH_TIMEOUT = env.float("HEALTH_TIMEOUT", default=5.0)
+HEALTH_BROADCAST_TIMEOUT = env.float("HEALTH_BROADCAST_TIMEOUT", default=1.5)
+HEALTH_HTTP_CACHE_SECONDS = env.float("HEALTH_HTTP_CACHE_SECONDS", default=5.0)
+HEALTH_METRICS_TOKEN = env_or("HEALTH_METRICS_TOKEN", "")
+BEAT_HEARTBEAT_INTERVAL = env.float("BEAT_HEARTBEAT_INTERVAL", default=5.0)
+BEAT_LOCK_TTL = env.float("BEAT_LOCK_TTL", default=30.0)
+BEAT_HEARTBEAT_WARNING = env.float("BEAT_HEARTBEAT_WARNING", default=60.0)
+BEAT_HEARTBEAT_CRITICAL = env.float("BEAT_HEARTBEAT_CRITICAL", default=300.0)
+REDIS_MEMORY_WARNING_PERCENT = env.float("REDIS_MEMORY_WARNING_PERCENT", default=80.0)
+REDIS_MEMORY_CRITICAL_PERCENT = env.float("REDIS_MEMORY_CRITICAL_PERCENT", default=95.0)
+DEAD_LETTERS_CRITICAL_PER_HOUR = env.float("DEAD_LETTERS_CRITICAL_PER_HOUR", default=50.0)
+OUTBOX_BACKLOG_WARNING = env.float("OUTBOX_BACKLOG_WARNING", default=100.0)
+OUTBOX_BACKLOG_CRITICAL = env.float("OUTBOX_BACKLOG_CRITICAL", default=1000.0)
+OUTBOX_AGE_WARNING = env.float("OUTBOX_AGE_WARNING", default=60.0)
+OUTBOX_AGE_CRITICAL = env.float("OUTBOX_AGE_CRITICAL", default=300.0)
+# Flower's health URL for celery_health; empty (FLOWER_URL=) or "off" skips the check.
+FLOWER_URL = env.str("FLOWER_URL", default="http://127.0.0.1:5555/healthcheck")
 
 # --- Redis -------------------------------------------------------------------
 REDIS_HOST = env_or("REDIS_HOST", "127.0.0.1")
@@ -211,6 +255,22 @@ CACHES = {
     }
 }
 
+# --- Queues --------------------------------------------------------------------
+# The queue table (admin_backend/queues.py), handed to the platform (taskcore
+# reads it through taskcore.queues.queue_table()). CELERY_TIME_LIMIT_CAP (seconds)
+# caps every time limit and retry delay: for deployments without long work and
+# the chaos tests, where a short visibility timeout then becomes safe.
+CELERY_TIME_LIMIT_CAP = env.int("CELERY_TIME_LIMIT_CAP", default=0)
+TASKCORE_QUEUE_TABLE = (
+    QueueTable(
+        queues.QUEUES, default_queue=queues.DEFAULT_QUEUE, time_limit_cap=CELERY_TIME_LIMIT_CAP
+    )
+    if CELERY_TIME_LIMIT_CAP
+    else queues.TABLE
+)
+# The task celery_health --test-tasks sends to every queue (a round trip each).
+TASKCORE_HEALTH_CHECK_TASK = "maintenance.tasks.health_check_task"
+
 # --- Celery (read by admin_backend/celery.py with the CELERY_ namespace) ------
 CELERY_BROKER_URL = env_or("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = env_or("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
@@ -231,7 +291,10 @@ CELERY_BROKER_POOL_LIMIT = env.int("CELERY_BROKER_POOL_LIMIT", default=10)
 # admin_backend.celery checks that at start-up and refuses to run otherwise.
 CELERY_VISIBILITY_TIMEOUT = env.int(
     "CELERY_VISIBILITY_TIMEOUT",
-    default=max(queues.longest_time_limit(), queues.longest_retry_delay()) * 2,
+    default=max(
+        TASKCORE_QUEUE_TABLE.longest_time_limit(), TASKCORE_QUEUE_TABLE.longest_retry_delay()
+    )
+    * 2,
 )
 _redis_transport_options = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
@@ -337,6 +400,14 @@ if brokers.broker_kind(CELERY_RESULT_BACKEND) == brokers.SENTINEL:
         os.environ["CELERY_RESULT_BACKEND"] = CELERY_RESULT_BACKEND
     _result_backend_transport_options.update(_sentinel_options)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _result_backend_transport_options
+# The apps' own state in Redis: e-mail sent marks, dashboard counters and samples,
+# beat's heartbeat and lock, parked dead letters (every client: taskcore/redis_clients.py).
+# Default: the broker's Redis (its primary, behind Sentinel), whose durability the
+# queue already needs; beside a RabbitMQ broker, REDIS_URL.
+TASKCORE_STATE_REDIS_URL = env_or(
+    "TASKCORE_STATE_REDIS_URL",
+    CELERY_BROKER_URL if BROKER_KIND in (brokers.REDIS, brokers.SENTINEL) else REDIS_URL,
+)
 # A worker rides out a short Redis outage (a Sentinel failover takes seconds,
 # measured in R6) when it stores a task's state: without this, the STARTED state
 # or the result failing to store fails a task whose work was fine, or never ran it.
@@ -365,6 +436,8 @@ if CELERY_RESULT_BACKEND.startswith("rediss://"):
 # Task execution (the spec's values).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A message whose worker died this many times is a dead letter, not run again (taskcore/base.py).
+CELERY_MAX_DELIVERIES = env.int("CELERY_MAX_DELIVERIES", default=3)
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD", default=1000)
@@ -384,13 +457,13 @@ CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=24 * 3600)
 CELERY_RESULT_EXTENDED = True
 
 # Queues and routing, derived from the queue table.
-CELERY_TASK_QUEUES = queues.kombu_queues(CELERY_BROKER_URL)
-CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT_QUEUE
-CELERY_TASK_DEFAULT_EXCHANGE = queues.DEFAULT_QUEUE
-CELERY_TASK_DEFAULT_ROUTING_KEY = queues.DEFAULT_QUEUE
+CELERY_TASK_QUEUES = TASKCORE_QUEUE_TABLE.kombu_queues(CELERY_BROKER_URL)
+CELERY_TASK_DEFAULT_QUEUE = TASKCORE_QUEUE_TABLE.default_queue
+CELERY_TASK_DEFAULT_EXCHANGE = TASKCORE_QUEUE_TABLE.default_queue
+CELERY_TASK_DEFAULT_ROUTING_KEY = TASKCORE_QUEUE_TABLE.default_queue
 CELERY_TASK_CREATE_MISSING_QUEUES = False
-CELERY_TASK_ROUTES = (queues.route_task,)
-CELERY_TASK_ANNOTATIONS = (queues.QueueTableAnnotations(),)
+CELERY_TASK_ROUTES = (TASKCORE_QUEUE_TABLE.route_task,)
+CELERY_TASK_ANNOTATIONS = (TASKCORE_QUEUE_TABLE.annotations,)
 
 # Extra task modules beyond each app's tasks.py (the tests add taskcore.testing.tasks).
 CELERY_IMPORTS = tuple(env.list("CELERY_EXTRA_TASK_MODULES", default=[]))
@@ -400,8 +473,8 @@ CELERY_BEAT_SCHEDULER = "taskcore.beat_liveness:LivenessScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Logging -----------------------------------------------------------------
-# Relative paths are relative to the project directory (BASE_DIR / absolute = absolute).
-LOG_DIR = BASE_DIR / env_or("LOG_DIR", "logs")
+# Relative paths are relative to PROJECT_DIR (PROJECT_DIR / absolute = absolute).
+LOG_DIR = PROJECT_DIR / env_or("LOG_DIR", "logs")
 CELERY_LOG_LEVEL = env_or("CELERY_LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_or("LOG_FORMAT", "text")
 LOG_MAX_BYTES = env.int("LOG_MAX_BYTES", default=10 * 1024 * 1024)
@@ -409,6 +482,8 @@ LOG_BACKUP_COUNT = env.int("LOG_BACKUP_COUNT", default=5)
 # summary: one line per task in celery_tasks.log (problems also in the console and
 # the role's file); verbose: received/started/finished everywhere (taskcore/logging.py).
 CELERY_TASK_LOG_LINES = env_or("CELERY_TASK_LOG_LINES", "summary").lower()
+# False: no received/started/finished task lines at all (problems are still logged).
+CELERY_TASK_LIFECYCLE_LOG = env.bool("CELERY_TASK_LIFECYCLE_LOG", default=True)
 LOGGING = build_logging_config(
     log_dir=Path(LOG_DIR),
     level=CELERY_LOG_LEVEL,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 import time
 
-from admin_backend.queues import QUEUE_NAMES
 from taskcore.brokers import AMQP, broker_kind
+from taskcore.queues import queue_table
+from taskcore.redis_clients import NotRedis, broker_redis, broker_url, state_redis
 
 from . import conf
-from .connections import NotRedis, broker_redis, broker_url, liveness_redis
 from .redis_queues import BrokerQueues, QueueDepth, RedisLayout, read_queues
 from .workers import WorkerCensus, worker_census
 
@@ -67,8 +67,8 @@ class HealthContext:
         return self.once("broker", connect)
 
     def liveness(self):
-        """The Redis holding beat's lock and heartbeat."""
-        return self.once("liveness", lambda: liveness_redis(self.app, self.timeout))
+        """The Redis holding beat's lock and heartbeat (the state Redis)."""
+        return self.once("liveness", lambda: state_redis(self.app, self.timeout))
 
     def broker_ping_ms(self) -> float:
         """Round trip to the broker (on RabbitMQ: the time to open a connection)."""
@@ -128,13 +128,15 @@ class HealthContext:
         if self.amqp:
             return self.once("queues", self._amqp_queues)
         layout = RedisLayout.from_transport_options(self.app.conf.broker_transport_options)
-        return self.once("queues", lambda: read_queues(self.broker(), QUEUE_NAMES, layout))
+        return self.once("queues", lambda: read_queues(self.broker(), queue_table().names, layout))
 
     def _amqp_queues(self) -> BrokerQueues:
         """RabbitMQ: depth and consumers from passive declares; no message age."""
         from taskcore.brokers import read_queues as read_broker_queues
 
-        reading = read_broker_queues(self.app, QUEUE_NAMES, ask_workers=False, timeout=self.timeout)
+        reading = read_broker_queues(
+            self.app, queue_table().names, ask_workers=False, timeout=self.timeout
+        )
         if not reading.reachable:
             raise ConnectionError(reading.error or "RabbitMQ does not answer")
         queues = {
