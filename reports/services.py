@@ -448,7 +448,8 @@ def fail_unfinished(export_id, task_id: str, reason: str) -> bool:
 
     A hard time limit or a lost worker kills the process before it can record
     anything, and a transient error that used up its retries leaves the request
-    "pending, will retry". Called from ``task_failure``; does nothing when the
+    "pending, will retry". Called for the pipeline's FAILED event (reports/apps.py,
+    reports.tasks.fail_unfinished_export); does nothing when the
     run already recorded its outcome or a newer run owns the request.
     """
     try:

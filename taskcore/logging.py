@@ -21,7 +21,7 @@ LOG_FILES = {
     "beat": "celery_beat.log",  # everything a beat process logs
     "flower": "flower.log",  # everything a Flower process logs
 }
-# Task execution lines: Celery's tracer, task loggers, and our lifecycle signals.
+# Task execution lines: Celery's tracer, task loggers, and our task pipeline's lines.
 TASK_LOGGERS = ("celery.app.trace", "celery.task", "celery.lifecycle.task")
 PROJECT_APPS = ("taskcore", "notifications", "media", "reports", "maintenance")
 

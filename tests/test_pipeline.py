@@ -163,3 +163,21 @@ def test_retry_countdown_is_celerys_full_jitter_exponential_backoff(app):
         ceiling = min(600, 2 * 2**retries)
         assert all(isinstance(d, int) and 0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # spread over the whole window
+
+
+def test_task_lines_follow_the_settings(settings):
+    from taskcore import lifecycle
+
+    lines = {"taskcore.lifecycle.on_task_received", "taskcore.lifecycle.on_task_finished"}
+    try:
+        settings.CELERY_TASK_LIFECYCLE_LOG = False
+        lifecycle.subscribe_task_lines()
+        subscribed = set(pipeline.subscribers(pipeline.RECEIVED))
+        subscribed |= set(pipeline.subscribers(pipeline.FINISHED))
+        assert not lines & subscribed
+        assert "taskcore.lifecycle.on_task_failed" in pipeline.subscribers(pipeline.FAILED)
+    finally:
+        settings.CELERY_TASK_LIFECYCLE_LOG = True
+        lifecycle.subscribe_task_lines()
+    subscribed = set(pipeline.subscribers(pipeline.RECEIVED))
+    assert lines <= subscribed | set(pipeline.subscribers(pipeline.FINISHED))
