@@ -1,10 +1,13 @@
 """Live task statistics from Celery events, worker stats and the queues.
 
-``EventStats`` aggregates the events workers publish (received, started,
-succeeded, failed, retried, ...) per task name and per queue, with rates over
-the last interval and runtimes; ``snapshot()`` adds the active tasks and worker
-statistics (one control broadcast each, see ``workers.broadcast``) and the
-queue depths and ages read from Redis. ``celery_monitor`` renders it.
+``EventStats`` feeds the events workers publish (received, started, succeeded,
+failed, retried, ...) to Celery's own ``celery.events.state.State`` (what Flower
+keeps: each task's name, routing key and event timestamps, LRU-bounded, and each
+worker's heartbeat) and adds what State does not: counts per task name and per
+queue since monitoring began, rates over the last interval, and runtime and
+queue-wait summaries. ``snapshot()`` adds the active tasks and worker statistics
+(one control broadcast each, see ``workers.broadcast``) and the queue depths and
+ages read from Redis. ``celery_monitor`` renders it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict, deque
+
+from celery.events.state import State
 
 from taskcore.queues import queue_table
 
@@ -21,19 +25,6 @@ from .workers import broadcast
 
 COUNTED = ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
 UNKNOWN_TASK = "(received before monitoring began)"
-
-
-@dataclass
-class Counter:
-    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
-    runtimes: deque = field(default_factory=lambda: deque(maxlen=1000))
-    waits: deque = field(default_factory=lambda: deque(maxlen=1000))
-
-    def runtime_summary(self) -> dict:
-        return _summary(self.runtimes)
-
-    def wait_summary(self) -> dict:
-        return _summary(self.waits)
 
 
 def _summary(values) -> dict:
@@ -53,76 +44,38 @@ def _summary(values) -> dict:
 class EventStats:
     """Thread-safe aggregate of task events (the receiver thread writes, the display reads)."""
 
-    def __init__(self):
+    def __init__(self, max_tasks: int = 50_000):
         self.lock = threading.Lock()
-        self.started_at = time.time()
+        self.state = State(max_tasks_in_memory=max_tasks)
+        # Totals since monitoring began: State forgets tasks, these do not.
         self.by_task: dict[str, Counter] = defaultdict(Counter)
         self.by_queue: dict[str, Counter] = defaultdict(Counter)
         self.recent: deque = deque(maxlen=100_000)  # (time, kind, task, queue)
-        self.tasks: dict[str, dict] = {}  # uuid -> name, queue, sent/received/started times
-        self.workers: dict[str, dict] = {}  # hostname -> last heartbeat fields
-        self.events_seen = 0
 
     def learn(self, task_id: str, name: str, queue: str | None = None) -> None:
         """Name (and queue) of a task seen elsewhere, e.g. in the workers' active list."""
         with self.lock:
-            entry = self.tasks.setdefault(task_id, {})
-            entry.setdefault("name", name)
-            if queue:
-                entry.setdefault("queue", queue)
+            task, _ = self.state.get_or_create_task(task_id)
+            task.name = task.name or name
+            task.routing_key = task.routing_key or queue
+
+    def _labels(self, task) -> tuple[str, str]:
+        """The task's name and queue: from its events, else the queue table's route."""
+        queue = getattr(task, "queue", None) or task.routing_key
+        if not task.name:
+            return UNKNOWN_TASK, queue or "?"
+        return task.name, queue or queue_table().queue_for_task(task.name)
 
     def on_event(self, event: dict) -> None:
-        kind = event.get("type", "")
         with self.lock:
-            self.events_seen += 1
-            if kind.startswith("worker-"):
-                self._on_worker(kind, event)
-            elif kind.startswith("task-"):
-                self._on_task(kind[5:], event)
-
-    def _on_worker(self, kind: str, event: dict) -> None:
-        hostname = event.get("hostname", "?")
-        if kind == "worker-offline":
-            self.workers.pop(hostname, None)
-            return
-        self.workers[hostname] = {
-            "loadavg": event.get("loadavg"),
-            "processed": event.get("processed"),
-            "active": event.get("active"),
-            "freq": event.get("freq"),
-            "last_heartbeat": event.get("timestamp", time.time()),
-        }
-
-    def _on_task(self, kind: str, event: dict) -> None:
-        task_id = event.get("uuid", "")
-        entry = self.tasks.setdefault(task_id, {})
-        now = event.get("timestamp") or time.time()
-        if event.get("name"):
-            entry["name"] = event["name"]
-        if event.get("queue") or event.get("routing_key"):
-            entry["queue"] = event.get("queue") or event.get("routing_key")
-        if kind in ("sent", "received", "started"):
-            entry[kind] = now
-        if len(self.tasks) > 50_000:  # bound memory in long watches
-            for stale in list(self.tasks)[:10_000]:
-                self.tasks.pop(stale, None)
-        if kind not in COUNTED:
-            return
-        name = entry.get("name") or UNKNOWN_TASK
-        queue = entry.get("queue") or (
-            queue_table().queue_for_task(name) if "name" in entry else "?"
-        )
-        for counter in (self.by_task[name], self.by_queue[queue]):
-            counter.totals[kind] += 1
-            if kind == "succeeded" and event.get("runtime") is not None:
-                counter.runtimes.append(float(event["runtime"]))
-            if kind == "started":
-                queued_at = entry.get("sent") or entry.get("received")
-                if queued_at:
-                    counter.waits.append(max(0.0, now - queued_at))
-        self.recent.append((time.time(), kind, name, queue))
-        if kind in ("succeeded", "failed", "revoked", "rejected"):
-            self.tasks.pop(task_id, None)
+            outcome = self.state.event(event)
+            group, _, kind = event.get("type", "").partition("-")
+            if group != "task" or kind not in COUNTED or not outcome:
+                return
+            name, queue = self._labels(outcome[0][0])
+            self.by_task[name][kind] += 1
+            self.by_queue[queue][kind] += 1
+            self.recent.append((time.time(), kind, name, queue))
 
     def rates(self, window: float) -> tuple[dict, dict]:
         """Events per second over the last ``window`` seconds, per task and per queue."""
@@ -137,31 +90,47 @@ class EventStats:
         return per_task, per_queue
 
     def as_dict(self, window: float) -> dict:
-        rates_task, rates_queue = self.rates(window)
+        rates = self.rates(window)
+        # Runtimes and queue waits of the tasks the State holds (the latest max_tasks),
+        # per task name [0] and per queue [1].
+        runtimes: tuple[dict, dict] = (defaultdict(list), defaultdict(list))
+        waits: tuple[dict, dict] = (defaultdict(list), defaultdict(list))
         with self.lock:
-            tasks = {
-                name: {
-                    **counter.totals,
-                    "rate_per_s": {k: round(v, 3) for k, v in rates_task[name].items() if v},
-                    "runtime": counter.runtime_summary(),
-                    "wait": counter.wait_summary(),
+            for task in self.state.tasks.values():
+                queued_at = task.sent or task.received
+                for index, label in enumerate(self._labels(task)):
+                    if task.runtime is not None:
+                        runtimes[index][label].append(float(task.runtime))
+                    if task.started and queued_at:
+                        waits[index][label].append(max(0.0, task.started - queued_at))
+            rows = [
+                {
+                    name: {
+                        **{kind: totals[kind] for kind in COUNTED},
+                        "rate_per_s": {k: round(v, 3) for k, v in rates[index][name].items() if v},
+                        "runtime": _summary(runtimes[index][name]),
+                        "wait": _summary(waits[index][name]),
+                    }
+                    for name, totals in sorted(counters.items())
                 }
-                for name, counter in sorted(self.by_task.items())
-            }
-            queues = {
-                name: {
-                    **counter.totals,
-                    "rate_per_s": {k: round(v, 3) for k, v in rates_queue[name].items() if v},
-                    "runtime": counter.runtime_summary(),
-                    "wait": counter.wait_summary(),
+                for index, counters in enumerate((self.by_task, self.by_queue))
+            ]
+            heartbeats = {
+                worker.hostname: {
+                    "loadavg": worker.loadavg,
+                    "processed": worker.processed,
+                    "active": worker.active,
+                    "freq": worker.freq,
+                    "last_heartbeat": worker.heartbeats[-1],
                 }
-                for name, counter in sorted(self.by_queue.items())
+                for worker in self.state.workers.values()
+                if worker.heartbeats  # an offline worker's are cleared
             }
             return {
-                "events_seen": self.events_seen,
-                "tasks": tasks,
-                "queues": queues,
-                "heartbeats": dict(self.workers),
+                "events_seen": self.state.event_count,
+                "tasks": rows[0],
+                "queues": rows[1],
+                "heartbeats": heartbeats,
             }
 
 
@@ -224,12 +193,11 @@ def worker_snapshot(app, stats: EventStats, timeout: float) -> tuple[list[dict],
     active = broadcast(app, "active", timeout=timeout).replies
     now = time.time()
     with stats.lock:
-        heartbeats = dict(stats.workers)
+        loadavg = {worker.hostname: worker.loadavg for worker in stats.state.workers.values()}
     workers = []
     for hostname in sorted(set(worker_stats) | set(active)):
         info = worker_stats.get(hostname) or {}
         pool = info.get("pool") or {}
-        beat = heartbeats.get(hostname, {})
         processes, autoscale = _pool_size(info)
         workers.append(
             {
@@ -243,7 +211,7 @@ def worker_snapshot(app, stats: EventStats, timeout: float) -> tuple[list[dict],
                 "autoscale": autoscale,
                 "active": len(active.get(hostname) or []),
                 "tasks_done": sum((info.get("total") or {}).values()),
-                "loadavg": beat.get("loadavg") or None,
+                "loadavg": loadavg.get(hostname) or None,
                 "max_rss_kb": (info.get("rusage") or {}).get("maxrss"),
                 "uptime_s": info.get("uptime"),
                 "pid": info.get("pid"),
