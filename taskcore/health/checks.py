@@ -605,39 +605,15 @@ def check_beat(ctx: HealthContext) -> CheckResult:
     return ok("beat", f"beat alive: heartbeat {human_age(age)} ago ({who})", data=data)
 
 
-def _model(name: str):
-    """A taskcore model that may not exist yet (built alongside): None when absent."""
-    try:
-        from taskcore import models
-    except ImportError:
-        return None
-    return getattr(models, name, None)
-
-
-def _first_field(model, names) -> str | None:
-    fields = {field.name for field in model._meta.get_fields()}
-    return next((name for name in names if name in fields), None)
-
-
 def check_dead_letters(ctx: HealthContext) -> CheckResult:
     from django.utils import timezone
 
-    DeadLetter = _model("DeadLetter")
-    if DeadLetter is None:
-        return ok(
-            "dead_letters",
-            "not available (no DeadLetter model in this version)",
-            data={"available": False},
-        )
+    from taskcore.models import DeadLetter
+
     try:
         waiting = DeadLetter.objects.filter(replayed_at__isnull=True)
         total = waiting.count()
-        created = _first_field(DeadLetter, ("created_at", "first_seen"))
-        last_hour = (
-            waiting.filter(**{f"{created}__gte": timezone.now() - timedelta(hours=1)}).count()
-            if created
-            else None
-        )
+        last_hour = waiting.filter(first_seen__gte=timezone.now() - timedelta(hours=1)).count()
     except Exception as exc:
         return warning(
             "dead_letters",
@@ -645,9 +621,7 @@ def check_dead_letters(ctx: HealthContext) -> CheckResult:
             "run `python manage.py migrate`; check the database",
         )
     data = {"available": True, "unreplayed": total, "last_hour": last_hour}
-    detail = f"{total} dead letters not replayed" + (
-        f", {last_hour} in the last hour" if last_hour is not None else ""
-    )
+    detail = f"{total} dead letters not replayed, {last_hour} in the last hour"
     remedy = (
         "review them in the admin (Task platform > Dead letters): fix the cause, then "
         "replay or discard"
@@ -667,21 +641,13 @@ def check_dead_letters(ctx: HealthContext) -> CheckResult:
 def check_outbox(ctx: HealthContext) -> CheckResult:
     from django.utils import timezone
 
-    OutboxMessage = _model("OutboxMessage")
-    if OutboxMessage is None:
-        return ok(
-            "outbox",
-            "not available (no OutboxMessage model in this version)",
-            data={"available": False},
-        )
+    from taskcore.models import OutboxMessage
+
     try:
         pending = OutboxMessage.objects.filter(published_at__isnull=True)
         backlog = pending.count()
-        oldest = None
-        created = _first_field(OutboxMessage, ("created_at",))
-        if backlog and created:
-            first = pending.order_by(created).values_list(created, flat=True).first()
-            oldest = (timezone.now() - first).total_seconds() if first else None
+        first = pending.order_by("created_at").values_list("created_at", flat=True).first()
+        oldest = (timezone.now() - first).total_seconds() if first else None
     except Exception as exc:
         return warning(
             "outbox",
