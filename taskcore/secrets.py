@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "****"
 
@@ -34,16 +33,3 @@ def mask_text(text: str) -> str:
         return text
     text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + m["tail"], text)
     return _QUERY_PASSWORD.sub(lambda m: m["head"] + MASK, text)
-
-
-def url_without_password(url: str) -> str:
-    """Drop the password entirely (for display where even its presence is noise)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
