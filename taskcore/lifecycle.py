@@ -86,12 +86,9 @@ def on_worker_shutdown(sender=None, **kwargs):
 
 @signals.worker_process_init.connect
 def on_worker_process_init(**kwargs):
+    # The parent's database connections are dropped by Celery's Django fixup
+    # (DjangoWorkerFixup.on_worker_process_init), without I/O on the shared socket.
     worker_log.info("worker child process started: pid=%s", os.getpid())
-    # A forked child must not reuse the parent's database connections.
-    from django.db import connections
-
-    for connection in connections.all(initialized_only=True):
-        connection.close_if_unusable_or_obsolete()
 
 
 @signals.worker_process_shutdown.connect
