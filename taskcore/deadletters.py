@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import current_app
-from django.db import transaction
 from django.utils import timezone
 
 from . import pipeline
@@ -104,15 +103,9 @@ def dead_letter_values(failed: pipeline.TaskEvent) -> dict:
 def store_dead_letter(task_id: str, values: dict):
     from .models import DeadLetter
 
-    with transaction.atomic():
-        letter, created = DeadLetter.objects.select_for_update().get_or_create(
-            task_id=task_id, defaults=values
-        )
-        if not created:  # the same task failed again (e.g. redelivered after a crash)
-            for field, value in values.items():
-                setattr(letter, field, value)
-            letter.save()
-    return letter
+    # An existing row (the same task failed again, e.g. redelivered after a crash)
+    # is locked and overwritten: Django's update_or_create, in one transaction.
+    return DeadLetter.objects.update_or_create(task_id=task_id, defaults=values)[0]
 
 
 # --- parked dead letters: the database was away when the task failed ----------
