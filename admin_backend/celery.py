@@ -55,24 +55,87 @@ class DjangoCelerySettings(Mapping):
         return len(self._values)
 
 
+class AdminBackendCelery(Celery):
+    """Celery, with ``celery beat`` configured as this project's beat before it logs.
+
+    Celery's own ``beat_init`` signal comes after beat's first lines, so beat would
+    write them as the web does (not into celery_beat.log).
+    """
+
+    @cached_property
+    def Beat(self):
+        from celery.apps.beat import Beat
+
+        class ProjectBeat(Beat):
+            def setup_logging(self, colorize=None):
+                adopt_process_role("beat")
+                super().setup_logging(colorize)
+
+        return self.subclass_with_self(ProjectBeat)
+
+
 # Every task gets the project retry policy (taskcore.base.BaseTask).
-app = Celery("admin_backend", task_cls="taskcore.base:BaseTask")
+app = AdminBackendCelery("admin_backend", task_cls="taskcore.base:BaseTask")
 app.config_from_object(DjangoCelerySettings())
 app.autodiscover_tasks()
+
+
+# The program this process runs: "worker" or "beat" once Celery starts it, "flower"
+# when deploy/flowerconfig.py says so, else "web"; and the level --loglevel gave
+# Celery's loggers.
+_process: dict[str, str | None] = {"role": "web", "celery_loglevel": None}
+
+
+def adopt_process_role(role: str) -> None:
+    """Configure this process as ``role``: its log files and its database session name.
+
+    Called by the program that knows what it is (the worker's ``celeryd_init``
+    signal, the beat program class above, Flower's configuration file); the settings
+    are the same in every process.
+    """
+    from django.db import connections
+
+    _process["role"] = role
+    configure_logging()
+    # Read at connect time: connections opened from now on carry the role.
+    for alias in connections:
+        options = connections.settings[alias].setdefault("OPTIONS", {})
+        if "application_name" in options:
+            options["application_name"] = f"admin_backend {role}"
+
+
+def configure_logging(web_logging: dict | None = None) -> None:
+    """Apply the logging configuration of this process's role (Django's LOGGING_CONFIG).
+
+    Django calls it at setup with LOGGING, the web's; a Celery program that already
+    adopted its role keeps its own configuration instead.
+    """
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING_BY_ROLE[_process["role"]])
+    if _process["celery_loglevel"]:
+        logging.getLogger("celery").setLevel(_process["celery_loglevel"])
+
+
+@signals.celeryd_init.connect
+def configure_worker(conf=None, **kwargs):
+    """A worker: before its logging is set up and before its result backend exists."""
+    from django.conf import settings
+
+    conf.update(settings.WORKER_RESULT_BACKEND_RETRY)
+    adopt_process_role("worker")
 
 
 @signals.setup_logging.connect
 def use_django_logging(loglevel=None, **kwargs):
     """Celery configures nothing itself when this signal has a receiver.
 
-    Django's LOGGING (files, rotation, task ids, secret masking) applies to every
-    Celery process; ``--loglevel`` still sets the level of Celery's loggers.
+    Django's LOGGING for this process's role (files, rotation, task ids, secret
+    masking) applies to every Celery process; ``--loglevel`` still sets the level
+    of Celery's loggers.
     """
-    from django.conf import settings
-
-    logging.config.dictConfig(settings.LOGGING)
-    if loglevel:
-        logging.getLogger("celery").setLevel(loglevel)
+    _process["celery_loglevel"] = loglevel
+    configure_logging()
 
 
 @signals.worker_init.connect

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import environ
 
 from admin_backend import queues
-from taskcore.logging import build_logging_config, detect_process_role
+from taskcore.logging import PROCESS_ROLES, build_logging_config
 from taskcore.queues import QueueTable
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -118,9 +117,10 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        # pg_stat_activity then says which of our programs holds each session.
+        # pg_stat_activity then says which of our programs holds each session; a
+        # Celery program adds its role ("admin_backend worker"; admin_backend/celery.py).
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-            "application_name", f"admin_backend {detect_process_role(sys.argv)}"
+            "application_name", "admin_backend"
         )
     if DATABASES["default"]["ENGINE"].endswith("mysql"):
         # MariaDB/MySQL: utf8mb4 holds all of Unicode (their "utf8" stops at three
@@ -411,13 +411,15 @@ TASKCORE_STATE_REDIS_URL = env_or(
 # A worker rides out a short Redis outage (a Sentinel failover takes seconds,
 # measured in R6) when it stores a task's state: without this, the STARTED state
 # or the result failing to store fails a task whose work was fine, or never ran it.
-# Exponential backoff from 100 ms to 2 s, 10 retries (~15 s). Web processes keep
-# failing fast: a request must not hang on a Redis that is away.
-if detect_process_role(sys.argv) == "worker":
-    CELERY_RESULT_BACKEND_ALWAYS_RETRY = True
-    CELERY_RESULT_BACKEND_MAX_RETRIES = env.int("CELERY_RESULT_BACKEND_MAX_RETRIES", default=10)
-    CELERY_RESULT_BACKEND_BASE_SLEEP_BETWEEN_RETRIES_MS = 100
-    CELERY_RESULT_BACKEND_MAX_SLEEP_BETWEEN_RETRIES_MS = 2000
+# Exponential backoff from 100 ms to 2 s, 10 retries (~15 s). Workers only (applied
+# when a worker starts, admin_backend/celery.py): a web request keeps failing fast,
+# it must not hang on a Redis that is away.
+WORKER_RESULT_BACKEND_RETRY = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": env.int("CELERY_RESULT_BACKEND_MAX_RETRIES", default=10),
+    "result_backend_base_sleep_between_retries_ms": 100,
+    "result_backend_max_sleep_between_retries_ms": 2000,
+}
 CELERY_REDIS_SOCKET_KEEPALIVE = True
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT
@@ -484,12 +486,20 @@ LOG_BACKUP_COUNT = env.int("LOG_BACKUP_COUNT", default=5)
 CELERY_TASK_LOG_LINES = env_or("CELERY_TASK_LOG_LINES", "summary").lower()
 # False: no received/started/finished task lines at all (problems are still logged).
 CELERY_TASK_LIFECYCLE_LOG = env.bool("CELERY_TASK_LIFECYCLE_LOG", default=True)
-LOGGING = build_logging_config(
-    log_dir=Path(LOG_DIR),
-    level=CELERY_LOG_LEVEL,
-    log_format=LOG_FORMAT,
-    role=detect_process_role(sys.argv),
-    max_bytes=LOG_MAX_BYTES,
-    backup_count=LOG_BACKUP_COUNT,
-    task_lines=CELERY_TASK_LOG_LINES,
-)
+# One configuration per program: each also writes its own file (celery_worker.log,
+# celery_beat.log, flower.log). Django applies LOGGING (the web's) to every process;
+# a Celery program switches to its role's when it starts (admin_backend/celery.py).
+LOGGING_BY_ROLE = {
+    role: build_logging_config(
+        log_dir=Path(LOG_DIR),
+        level=CELERY_LOG_LEVEL,
+        log_format=LOG_FORMAT,
+        role=role,
+        max_bytes=LOG_MAX_BYTES,
+        backup_count=LOG_BACKUP_COUNT,
+        task_lines=CELERY_TASK_LOG_LINES,
+    )
+    for role in PROCESS_ROLES
+}
+LOGGING = LOGGING_BY_ROLE["web"]
+LOGGING_CONFIG = "admin_backend.celery.configure_logging"

@@ -60,3 +60,9 @@ state_save_interval = int(_env("FLOWER_STATE_SAVE_INTERVAL", "60000"))  # millis
 # Bounded memory: the newest tasks are kept, offline workers dropped after an hour.
 max_tasks = int(_env("FLOWER_MAX_TASKS", "10000"))
 purge_offline_workers = int(_env("FLOWER_PURGE_OFFLINE_WORKERS", "3600"))
+
+# This process is Flower: its log lines go to logs/flower.log (the settings are the
+# same in every process; the program says which it is).
+from admin_backend.celery import adopt_process_role  # noqa: E402
+
+adopt_process_role("flower")

@@ -9,7 +9,6 @@ lose or interleave lines across processes at rollover.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from .secrets import mask_text
@@ -66,15 +65,9 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
-def detect_process_role(argv: list[str]) -> str:
-    """Which program is this process: worker, beat, flower or web (anything else)."""
-    role = os.environ.get("CELERY_PROCESS_ROLE")
-    if role:
-        return role
-    for word in argv[1:6]:
-        if word in ("worker", "beat", "flower"):
-            return word
-    return "web"
+# The programs of the project; each but "web" (the web server, manage.py and every
+# other process) also writes its own log file.
+PROCESS_ROLES = ("web", "worker", "beat", "flower")
 
 
 TEXT_FORMAT = (

@@ -14,6 +14,7 @@ from celery import Celery
 from taskcore.logging import LOG_FILES, SecretMaskingFilter, build_logging_config
 from taskcore.secrets import mask_text, mask_url
 from taskcore.tasks import debug_task
+from taskcore.testing.waiting import wait_until
 from taskcore.testing.workers import WorkerProcess
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -202,3 +203,40 @@ def test_task_lines_summary_writes_one_line_per_task_and_copies_problems(tmp_pat
     else:
         assert "task finished" in worker and "task finished" in out.stderr
         assert "succeeded in" in tasks and "Task t[1] received" in worker
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_program_writes_its_own_log_file_and_only_workers_retry_results(
+    start_worker, test_work_dir, worker_database_url
+):
+    """The settings are the same in every process; the program says which it is."""
+    from celery import current_app
+
+    from taskcore.testing.tasks import result_backend_retries
+    from taskcore.testing.workers import BeatProcess
+
+    log_dir = test_work_dir / "role-logs"
+    env = {"LOG_DIR": str(log_dir)}
+    worker = start_worker(["default"], env=env)
+    beat = BeatProcess(
+        log_path=test_work_dir / "role-beat" / "beat.out",
+        run_dir=test_work_dir / "role-beat",
+        env={**env, "DATABASE_URL": worker_database_url},
+    ).start()
+    try:
+        retries = result_backend_retries.delay().get(timeout=20)
+        assert wait_until(lambda: _lines(log_dir, "celery_beat.log"), timeout=30)
+    finally:
+        beat.stop()
+        worker.stop()
+
+    # The worker stores task states through a short Redis outage; this (web) process
+    # must not hang on one.
+    assert retries == {"always_retry": True, "max_retries": 10}
+    assert current_app.backend.always_retry is False
+    worker_lines = _lines(log_dir, "celery_worker.log")
+    beat_lines = _lines(log_dir, "celery_beat.log")
+    assert any("worker ready" in line for line in worker_lines)
+    assert any("beat: Starting..." in line for line in beat_lines)
+    assert not any("worker ready" in line for line in beat_lines)
+    assert not _lines(log_dir, "flower.log")

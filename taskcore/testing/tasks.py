@@ -62,3 +62,10 @@ def record_effect(self, key: str) -> bool:
             cache.add("chaos:duplicates", 0, timeout=3600)
             cache.incr("chaos:duplicates")
         return first
+
+
+@shared_task(bind=True, name="taskcore.testing.result_backend_retries")
+def result_backend_retries(self) -> dict:
+    """How this worker's result backend rides out an outage (workers retry, web fails fast)."""
+    backend = self.app.backend
+    return {"always_retry": backend.always_retry, "max_retries": backend.max_retries}
