@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from admin_backend import queues
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+ENV_EXAMPLE = PROJECT_DIR / ".env.example"
 PRODUCTION_ENV = {
     "DEBUG": "0",
     "SECRET_KEY": "x7" * 30 + "-production-like-key",
@@ -118,3 +121,56 @@ def test_a_worker_starts_without_deprecation_warnings_about_the_settings(start_w
     assert "celery upgrade settings" not in startup, startup
     assert app.conf.accept_content == ["json"]
     assert app.conf.task_default_queue == "default"
+
+
+# Run in a fresh interpreter: records every variable the settings module reads.
+_RECORD_READS = """
+import json, os, sys
+
+def by_settings():
+    # The first caller outside django-environ is the settings module (not a library
+    # the settings import, which may read variables of its own).
+    frame = sys._getframe(2)
+    while frame and "/environ/" in frame.f_code.co_filename:
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_filename.endswith("admin_backend/settings.py")
+
+class Recording(dict):
+    seen = set()
+    def __getitem__(self, key):
+        if by_settings(): self.seen.add(key)
+        return super().__getitem__(key)
+    def get(self, key, default=None):
+        if by_settings(): self.seen.add(key)
+        return super().get(key, default)
+    def __contains__(self, key):
+        if by_settings(): self.seen.add(key)
+        return super().__contains__(key)
+
+os.environ = Recording(os.environ)  # before django-environ keeps a reference to it
+import admin_backend.settings  # noqa: E402
+print(json.dumps(sorted(os.environ.seen)))
+"""
+
+
+@pytest.mark.parametrize(
+    "broker",
+    ["redis://127.0.0.1:6379/0", "sentinel://127.0.0.1:26379", "amqp://guest:guest@127.0.0.1//"],
+)
+def test_every_variable_the_settings_read_is_documented_in_env_example(broker):
+    """The environment is read in the settings only, and each variable is in .env.example."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
+    completed = subprocess.run(
+        [sys.executable, "-c", _RECORD_READS],
+        cwd=PROJECT_DIR,
+        env={**env, "CELERY_BROKER_URL": broker, "DATABASE_URL": "postgres://u@db/x"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    read = set(json.loads(completed.stdout.splitlines()[-1]))
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    # Read by Django itself when the settings module is imported, not ours to document.
+    read -= {"DJANGO_SETTINGS_MODULE"}
+    assert read, "no variable read: the recording did not work"
+    assert read - documented == set(), "read by the settings but not in .env.example"
