@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import pytest
+from rabbitmq_vhost import RabbitVhost, fail_unless_reachable
+from sentinel_cluster import SentinelCluster
 
-from taskcore.testing.rabbitmq import RabbitVhost, fail_unless_reachable
-from taskcore.testing.sentinel import SentinelCluster
 from taskcore.testing.workers import BeatProcess
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

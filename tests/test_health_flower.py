@@ -125,7 +125,7 @@ def broker_env(request, test_work_dir) -> dict[str, str]:
     if request.param == "redis":
         yield {}
         return
-    from taskcore.testing.sentinel import SentinelCluster
+    from sentinel_cluster import SentinelCluster
 
     cluster = SentinelCluster(test_work_dir / f"sentinel-{request.node.name}")
     try:

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from kombu.pools import ProducerPool
+from rabbitmq_vhost import RabbitVhost, fail_unless_reachable
 
 from admin_backend import queues
 from taskcore import brokers
 from taskcore.fanout import publish_many
 from taskcore.models import DeadLetter, EffectClaim
-from taskcore.testing.rabbitmq import RabbitVhost, fail_unless_reachable
 from taskcore.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from sentinel_cluster import MASTER, SENTINEL_PASSWORD, SentinelCluster
 
 from admin_backend import queues
 from taskcore.models import DeadLetter, EffectClaim, OutboxMessage
-from taskcore.testing.sentinel import MASTER, SENTINEL_PASSWORD, SentinelCluster
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 FIGURES_FILE = PROJECT_DIR / "var" / "chaos-figures.json"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import redis
 
-from .redis_server import free_port, redis_server_binary
-from .waiting import wait_until
+from taskcore.testing.redis_server import free_port, redis_server_binary
+from taskcore.testing.waiting import wait_until
 
 MASTER = "au-vlp-primary"
-REDIS_PASSWORD = "redis-secret-1"  # noqa: S105 - a test server of our own
-SENTINEL_PASSWORD = "sentinel-secret-2"  # noqa: S105
+REDIS_PASSWORD = "redis-secret-1"
+SENTINEL_PASSWORD = "sentinel-secret-2"
 
 
 class SentinelCluster:
