@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from taskcore.queues import queue_table
+
 from .cleanups import all_cleanups
 
 
@@ -23,7 +25,6 @@ from .cleanups import all_cleanups
 class Entry:
     name: str
     task: str
-    queue: str
     expire_seconds: int
     every_seconds: int | None = None
     crontab: tuple[str, str] | None = None  # (minute, hour)
@@ -36,7 +37,6 @@ def default_entries() -> tuple[Entry, ...]:
         Entry(
             f"cleanup: {name}",
             "maintenance.tasks.run_cleanup",
-            "maintenance",
             expire_seconds=3600,
             crontab=(str(5 * index), "3"),
             args=(name,),
@@ -49,35 +49,30 @@ FIXED_ENTRIES: tuple[Entry, ...] = (
     Entry(
         "health check",
         "maintenance.tasks.health_check_task",
-        "maintenance",
         expire_seconds=50,
         every_seconds=60,
     ),
     Entry(
         "email: resume stalled deliveries",
         "notifications.tasks.resume_stalled_deliveries",
-        "email",
         expire_seconds=240,
         every_seconds=300,
     ),
     Entry(
         "dashboard: collect sample",
         "dashboard.tasks.collect_sample",
-        "maintenance",
         expire_seconds=10,
         every_seconds=10,
     ),
     Entry(
         "media: fail stale uploads",
         "media.tasks.fail_stale_uploads",
-        "media",
         expire_seconds=300,
         every_seconds=600,
     ),
     Entry(
         "outbox relay",
         "taskcore.tasks.relay_outbox",
-        "default",
         expire_seconds=50,
         every_seconds=60,
     ),
@@ -116,7 +111,8 @@ def install_default_schedule(apps=None) -> dict[str, str]:
             )
         values = {
             "task": entry.task,
-            "queue": entry.queue,
+            # The queue the task is routed to: queue names live in the queue table only.
+            "queue": queue_table().queue_for_task(entry.task),
             "expire_seconds": entry.expire_seconds,
             "args": json.dumps(list(entry.args)),
             **schedule,
