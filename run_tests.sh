@@ -84,32 +84,32 @@ else
     "$PY" -m pytest "$@"
 fi
 
-if [ $# -eq 0 ] || [ "${TEST_POSTGRES:-auto}" = "always" ]; then
-    pg_url="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-    if [ "${TEST_POSTGRES:-auto}" = "never" ]; then
-        echo "== PostgreSQL pass skipped (TEST_POSTGRES=never)"
-    elif "$PY" -c 'import sys,psycopg;psycopg.connect(sys.argv[1].replace("postgres://","postgresql://",1),connect_timeout=3).close()' "$pg_url" 2>/dev/null; then
-        echo "== pytest (PostgreSQL)"
-        DATABASE_URL="$pg_url" TEST_DATABASE_NAME="test_admin_backend_$$" "$PY" -m pytest -m "not chaos and not wip" -p no:cacheprovider
-    elif [ "${TEST_POSTGRES:-auto}" = "always" ]; then
-        echo "PostgreSQL does not answer at TEST_POSTGRES_URL; set TEST_POSTGRES=never to skip" >&2
+# The suite again on another database, when its server answers: name, switch
+# variable (always|auto|never), URL, then the command that probes the URL.
+database_pass() {
+    local name="$1" switch_name="$2" url="$3"
+    shift 3
+    local switch="${!switch_name:-auto}"
+    if [ "$switch" = "never" ]; then
+        echo "== $name pass skipped ($switch_name=never)"
+    elif "$@" "$url" 2>/dev/null; then
+        echo "== pytest ($name)"
+        DATABASE_URL="$url" TEST_DATABASE_NAME="test_admin_backend_$$" "$PY" -m pytest -m "not chaos and not wip" -p no:cacheprovider
+    elif [ "$switch" = "always" ]; then
+        echo "$name does not answer at ${switch_name}_URL (or its driver is missing); set $switch_name=never to skip" >&2
         exit 1
     else
-        echo "== PostgreSQL not reachable: PostgreSQL pass skipped (TEST_POSTGRES=always makes this an error)"
+        echo "== $name not reachable: $name pass skipped ($switch_name=always makes this an error)"
     fi
-fi
+}
 
+if [ $# -eq 0 ] || [ "${TEST_POSTGRES:-auto}" = "always" ]; then
+    database_pass PostgreSQL TEST_POSTGRES "${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}" \
+        "$PY" -c 'import sys,psycopg;psycopg.connect(sys.argv[1].replace("postgres://","postgresql://",1),connect_timeout=3).close()'
+fi
 if [ $# -eq 0 ] || [ "${TEST_MARIADB:-auto}" = "always" ]; then
-    if [ "${TEST_MARIADB:-auto}" = "never" ]; then
-        echo "== MariaDB pass skipped (TEST_MARIADB=never)"
-    elif "$PY" -c 'import sys,environ,MySQLdb;c=environ.Env.db_url_config(sys.argv[1]);MySQLdb.connect(host=c["HOST"] or "127.0.0.1",port=int(c["PORT"] or 3306),user=c["USER"],password=c["PASSWORD"],connect_timeout=3).close()' "$mariadb_url" 2>/dev/null; then
-        echo "== pytest (MariaDB)"
-        DATABASE_URL="$mariadb_url" TEST_DATABASE_NAME="test_admin_backend_$$" "$PY" -m pytest -m "not chaos and not wip" -p no:cacheprovider
-    elif [ "${TEST_MARIADB:-auto}" = "always" ]; then
-        echo "MariaDB does not answer at TEST_MARIADB_URL (or mysqlclient, the mysql extra, is not installed); set TEST_MARIADB=never to skip" >&2
-        exit 1
-    else
-        echo "== MariaDB not reachable or mysqlclient missing: MariaDB pass skipped (TEST_MARIADB=always makes this an error)"
-    fi
+    # mysqlclient is the mysql extra, installed above when a MariaDB answers.
+    database_pass MariaDB TEST_MARIADB "$mariadb_url" \
+        "$PY" -c 'import sys,environ,MySQLdb;c=environ.Env.db_url_config(sys.argv[1]);MySQLdb.connect(host=c["HOST"] or "127.0.0.1",port=int(c["PORT"] or 3306),user=c["USER"],password=c["PASSWORD"],connect_timeout=3).close()'
 fi
 echo "== all tests passed"

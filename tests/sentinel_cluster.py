@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from taskcore.testing.redis_server import free_port, redis_server_binary
+from taskcore.testing.redis_server import free_port, redis_server_binary, spawn_redis_server
 from taskcore.testing.waiting import wait_until
 
 MASTER = "au-vlp-primary"
@@ -42,26 +42,7 @@ class SentinelCluster:
         wait_until(lambda: self._sentinels_agree(), timeout=20)
 
     def _server(self, name: str, port: int, *args: str) -> None:
-        data_dir = self.directory / name
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.processes[name] = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data_dir),
-                "--save",
-                "",
-                "--logfile",
-                str(data_dir / "redis.log"),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.processes[name] = spawn_redis_server(port, self.directory / name, list(args))
 
     def _sentinel(self, number: int, port: int) -> None:
         data_dir = self.directory / f"sentinel-{number}"

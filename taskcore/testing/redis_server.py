@@ -83,11 +83,12 @@ class RedisProcess:
     def restart(self, sig: int = signal.SIGTERM) -> None:
         """Stop and start again on the same port with the same data directory."""
         self.stop(sig)
-        self.process = _spawn(self.port, self.data_dir, self.extra_args)
+        self.process = spawn_redis_server(self.port, self.data_dir, self.extra_args)
         wait_until_answers(self.url)
 
 
-def _spawn(port: int, data_dir: Path, extra_args: list[str]) -> subprocess.Popen:
+def spawn_redis_server(port: int, data_dir: Path, extra_args: list[str]) -> subprocess.Popen:
+    """A redis-server on ``port`` keeping nothing on disk; ``extra_args`` override that."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         redis_server_binary(),
@@ -123,7 +124,7 @@ def start_redis(
     """Start a private redis-server; ``extra_args`` override (e.g. ``--appendonly yes``)."""
     port = port or free_port()
     extra = list(extra_args or [])
-    server = RedisProcess(port, data_dir, _spawn(port, data_dir, extra), extra)
+    server = RedisProcess(port, data_dir, spawn_redis_server(port, data_dir, extra), extra)
     wait_until_answers(server.url)
     return server
 
