@@ -28,6 +28,7 @@ class SentinelCluster:
     def __init__(self, directory: Path):
         self.directory = directory
         self.processes: dict[str, subprocess.Popen] = {}
+        self.server_args: dict[str, tuple[int, list[str]]] = {}
         self.primary_port = free_port()
         self.replica_port = free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -42,6 +43,7 @@ class SentinelCluster:
         wait_until(lambda: self._sentinels_agree(), timeout=20)
 
     def _server(self, name: str, port: int, *args: str) -> None:
+        self.server_args[name] = (port, list(args))
         self.processes[name] = spawn_redis_server(port, self.directory / name, list(args))
 
     def _sentinel(self, number: int, port: int) -> None:
@@ -108,6 +110,12 @@ class SentinelCluster:
     def kill_primary(self) -> None:
         self.processes["primary"].send_signal(signal.SIGKILL)
         self.processes["primary"].wait()
+
+    def restart_killed_primary(self) -> None:
+        """Start the killed primary again, as a restart policy would; the Sentinels make
+        it a replica of the promoted one (its data directory and AOF are kept)."""
+        port, args = self.server_args["primary"]
+        self.processes["primary"] = spawn_redis_server(port, self.directory / "primary", args)
 
     def stop(self) -> None:
         for process in self.processes.values():
