@@ -112,7 +112,11 @@ def configure_logging(web_logging: dict | None = None) -> None:
     """
     from django.conf import settings
 
-    logging.config.dictConfig(settings.LOGGING_BY_ROLE[_process["role"]])
+    role = _process["role"]
+    if role == "web" and web_logging is not None:
+        logging.config.dictConfig(web_logging)  # LOGGING as given, overrides included
+    else:
+        logging.config.dictConfig(settings.LOGGING_BY_ROLE[role])
     if _process["celery_loglevel"]:
         logging.getLogger("celery").setLevel(_process["celery_loglevel"])
 

@@ -26,6 +26,7 @@ from . import samples, stats
 from .models import OperatorAction
 
 WORKER_TIMEOUT = 1.5
+PAGE_REDIS_TIMEOUT = 2.0
 LAST_SEEN_KEY = f"{stats.PREFIX}workers:last_seen"
 LAST_SEEN_TTL = 24 * 3600
 
@@ -233,7 +234,8 @@ def snapshot(app=None, *, range_name: str = "hour", with_series: bool = True) ->
     started = time.perf_counter()
     errors: dict[str, str] = {}
     report = run_health(app)
-    client = stats.stats_redis()
+    # A page must not hang on a Redis that does not answer: a short-lived client.
+    client = stats.stats_redis(timeout=PAGE_REDIS_TIMEOUT)
     throughput = _guard(errors, "throughput", lambda: stats.read(client, queue_table().names), {})
     data = {
         "generated_at": _iso(time.time()),

@@ -48,9 +48,9 @@ def runtimes_key(queue: str) -> str:
     return f"{PREFIX}rt:{queue}"
 
 
-def stats_redis():
+def stats_redis(timeout: float | None = None):
     """The Redis holding the counters and samples: the state Redis (taskcore.redis_clients)."""
-    return state_redis()
+    return state_redis(timeout=timeout)
 
 
 def record(queue: str, outcome: str, runtime: float | None, now: float | None = None) -> None:

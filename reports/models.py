@@ -95,7 +95,7 @@ class ExportRequest(models.Model):
 
 
 class TaskRun(models.Model):
-    """One task execution as a worker finished it; written by ``reports.signals``."""
+    """One task execution as a worker finished it; written by ``reports.activity``."""
 
     class State(models.TextChoices):
         SUCCESS = "SUCCESS", "Success"

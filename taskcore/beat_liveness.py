@@ -154,10 +154,13 @@ class BeatLiveness:
 
     @classmethod
     def for_app(cls, app) -> BeatLiveness:
+        ttl = conf.number("BEAT_LOCK_TTL")
         return cls(
-            state_redis(app),
+            # Its own client, answering well within the lock's TTL: a Redis that
+            # hangs must not hold beat past the lock, while a standby takes it over.
+            state_redis(app, timeout=min(5.0, ttl / 3)),
             interval=conf.number("BEAT_HEARTBEAT_INTERVAL"),
-            ttl=conf.number("BEAT_LOCK_TTL"),
+            ttl=ttl,
         )
 
     @property

@@ -110,8 +110,8 @@ def audit(conf) -> list[ConfigProblem]:
 
 
 def _rabbitmq_problems(conf, transport_options) -> list[ConfigProblem]:
-    queues = queue_table()
     """RabbitMQ has no visibility timeout; its consumer_timeout plays that part."""
+    queues = queue_table()
     problems = []
     longest_limit = queues.longest_time_limit()
     consumer_timeout = int(conf.get("rabbitmq_consumer_timeout") or 1800)

@@ -301,6 +301,26 @@ def _on_retry(sender=None, request=None, reason=None, einfo=None, **kwargs):
         _finished_outside_run(record, "RETRY")
 
 
+# Failures the worker's main process reported (no run here), by task id: Celery 5.7
+# sends task_failure twice for a child killed at the hard time limit (billiard's
+# error callback, then Request.on_timeout). Kept a minute, at most a few thousand.
+_reported_outside_run: dict[str, float] = {}
+REPORTED_OUTSIDE_RUN_SECONDS = 60.0
+
+
+def _first_report_outside_run(task_id) -> bool:
+    now = time.monotonic()
+    if len(_reported_outside_run) > 4096:
+        for key, at in list(_reported_outside_run.items()):
+            if now - at > REPORTED_OUTSIDE_RUN_SECONDS:
+                del _reported_outside_run[key]
+    at = _reported_outside_run.get(task_id)
+    if at is not None and now - at <= REPORTED_OUTSIDE_RUN_SECONDS:
+        return False
+    _reported_outside_run[task_id] = now
+    return True
+
+
 def _on_failure(
     sender=None, task_id=None, exception=None, args=None, kwargs=None, einfo=None, **extra
 ):
@@ -309,6 +329,8 @@ def _on_failure(
         run.exception = exception
         if run.failed_sent:  # the task sent FAILED itself, before its result was stored
             return
+    elif not _first_report_outside_run(task_id):
+        return
     record = _failed_record(
         sender, task_id, exception, args, kwargs, str(einfo.traceback) if einfo else ""
     )

@@ -116,8 +116,11 @@ def pool_options() -> dict:
         "socket_timeout": float(_setting("REDIS_SOCKET_TIMEOUT", 30.0)),
         "socket_connect_timeout": float(_setting("REDIS_SOCKET_CONNECT_TIMEOUT", 5.0)),
         "health_check_interval": int(_setting("REDIS_HEALTH_CHECK_INTERVAL", 25)),
-        # Every state write is a SET, an INCR of a counter or a script that checks
-        # before it writes: retrying one after a timeout is safe.
+        # Retried once after a timeout, as the spec asks. Most state writes are
+        # idempotent (SET, scripts that check before they write, parked letters
+        # stored by task id); an INCR or HINCRBY retried after a timeout may count
+        # twice: a dashboard counter one too high, or a redelivery counted twice, so
+        # a poison message is parked one delivery early (never later).
         "retry_on_timeout": True,
         "max_connections": int(_setting("REDIS_MAX_CONNECTIONS", 50)),
     }
@@ -205,6 +208,17 @@ def _where(role: str, app) -> tuple[str, dict]:
 
 _clients: dict[str, tuple[int, redis.Redis]] = {}
 _clients_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    # A child forked while another thread held the lock would wait on it forever;
+    # its parent's clients are not its own either.
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _client(role: str, app, timeout: float | None) -> redis.Redis:

@@ -39,8 +39,11 @@ RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1
 RABBITMQ_MANAGEMENT_URL = os.environ.get("TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 AUDIENCE = ["ada@example.org", "Grace Hopper <grace@example.org>", "linus@example.org"]
 WAIT = 90  # generous upper bounds, never timings: the machines are shared
+# As `python tests/test_broker_setups.py` would: the tests' folder importable too.
 RUN_AS_SCRIPT = (
-    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    "import os, runpy, sys; sys.argv = sys.argv[1:]; "
+    "sys.path.insert(1, os.path.dirname(sys.argv[0])); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import pytest
 from billiard.exceptions import TimeLimitExceeded
@@ -14,6 +15,7 @@ from taskcore.base import PermanentError
 from taskcore.tasks import debug_task
 from taskcore.testing.signals import TASK_SIGNALS, task_signal_receivers
 from taskcore.testing.tasks import task_signal_receivers as receivers_in_worker
+from taskcore.testing.waiting import wait_until
 
 # Celery's own Django fixup, connected in workers only: it closes stale database
 # connections around each task. Celery's, not ours; nothing else may be there.
@@ -181,3 +183,27 @@ def test_task_lines_follow_the_settings(settings):
         lifecycle.subscribe_task_lines()
     subscribed = set(pipeline.subscribers(pipeline.RECEIVED))
     assert lines <= subscribed | set(pipeline.subscribers(pipeline.FINISHED))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_child_killed_at_the_hard_time_limit_is_one_failure_for_every_subscriber(
+    start_worker,
+):
+    """Celery 5.7's main process sends task_failure twice for such a task (the pool's
+    error callback, then the timeout handler); the pipeline hands on one FAILED and one
+    FINISHED, so the dead letter, the hooks and the task-run rows count it once."""
+    from reports.models import TaskRun
+    from taskcore.models import DeadLetter
+    from taskcore.testing.tasks import outlives_its_soft_time_limit
+
+    start_worker(["default"], pool="prefork")
+    # Celery arms the hard limit when the soft one fires: soft below hard, as in the table.
+    result = outlives_its_soft_time_limit.apply_async((30,), soft_time_limit=1, time_limit=2)
+
+    assert wait_until(lambda: DeadLetter.objects.filter(task_id=result.id).exists(), timeout=30)
+    assert wait_until(lambda: TaskRun.objects.filter(task_id=result.id).exists(), timeout=10)
+    time.sleep(3)  # the task-run rows are written in batches, at least once a second
+    runs = list(TaskRun.objects.filter(task_id=result.id).values_list("state", "exception"))
+    # (The child, terminated mid-run, may also end its own run: a row in state OTHER.)
+    assert [run for run in runs if run[0] == "FAILURE"] == [("FAILURE", "TimeLimitExceeded")]
+    assert DeadLetter.objects.get(task_id=result.id).exception_type == "TimeLimitExceeded"

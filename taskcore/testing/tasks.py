@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from celery import shared_task
 from django.core.cache import cache
@@ -69,3 +70,16 @@ def result_backend_retries(self) -> dict:
     """How this worker's result backend rides out an outage (workers retry, web fails fast)."""
     backend = self.app.backend
     return {"always_retry": backend.always_retry, "max_retries": backend.max_retries}
+
+
+@shared_task(name="taskcore.testing.outlives_its_soft_time_limit")
+def outlives_its_soft_time_limit(seconds: float) -> None:
+    """Sleeps through SoftTimeLimitExceeded, so the hard time limit has to kill its process."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            continue
