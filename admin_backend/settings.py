@@ -335,9 +335,10 @@ BROKER_KIND = brokers.broker_kind(CELERY_BROKER_URL)
 # primary's password is REDIS_PASSWORD (or the one in the URL).
 REDIS_SENTINEL_MASTER = env_or("REDIS_SENTINEL_MASTER", "mymaster")
 REDIS_SENTINEL_PASSWORD = env_or("REDIS_SENTINEL_PASSWORD", "")
-_sentinel_options: dict[str, object] = {"master_name": REDIS_SENTINEL_MASTER}
+# (Also how taskcore.redis_clients finds the primary of a sentinel:// state URL.)
+REDIS_SENTINEL_OPTIONS: dict[str, object] = {"master_name": REDIS_SENTINEL_MASTER}
 if REDIS_SENTINEL_PASSWORD:
-    _sentinel_options["sentinel_kwargs"] = {"password": REDIS_SENTINEL_PASSWORD}
+    REDIS_SENTINEL_OPTIONS["sentinel_kwargs"] = {"password": REDIS_SENTINEL_PASSWORD}
 # RabbitMQ closes a channel whose delivery stays unacknowledged longer than its
 # consumer_timeout (server setting, 1800 s by default) and redelivers the
 # message: state here what the server uses, the audit compares it with the
@@ -367,7 +368,7 @@ if BROKER_KIND == brokers.SENTINEL:
         os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         **_redis_transport_options,
-        **_sentinel_options,
+        **REDIS_SENTINEL_OPTIONS,
         # Replication is asynchronous: a primary killed right after a publish takes
         # the message with it. A publish returns once this many replicas have it
         # (Redis WAIT; taskcore/reliable_redis.py), else it is retried.
@@ -398,7 +399,7 @@ if brokers.broker_kind(CELERY_RESULT_BACKEND) == brokers.SENTINEL:
     CELERY_RESULT_BACKEND = brokers.with_password(CELERY_RESULT_BACKEND, REDIS_PASSWORD)
     if os.environ.get("CELERY_RESULT_BACKEND"):
         os.environ["CELERY_RESULT_BACKEND"] = CELERY_RESULT_BACKEND
-    _result_backend_transport_options.update(_sentinel_options)
+    _result_backend_transport_options.update(REDIS_SENTINEL_OPTIONS)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _result_backend_transport_options
 # The apps' own state in Redis: e-mail sent marks, dashboard counters and samples,
 # beat's heartbeat and lock, parked dead letters (every client: taskcore/redis_clients.py).

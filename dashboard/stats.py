@@ -31,7 +31,7 @@ OUTCOMES = ("succeeded", "failed", "retried")
 _STATE_TO_OUTCOME = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
 logger = logging.getLogger(__name__)
-_client = {"paused_until": 0.0}
+_counting = {"paused_until": 0.0}
 
 
 def enabled() -> bool:
@@ -60,7 +60,7 @@ def record(queue: str, outcome: str, runtime: float | None, now: float | None = 
 
 def _write_outcomes(items: list[tuple]) -> None:
     """One pipeline for a batch of outcomes: counts summed per bucket, runtimes in order."""
-    if time.monotonic() < _client["paused_until"]:
+    if time.monotonic() < _counting["paused_until"]:
         return  # Redis failed lately: drop the batch (counters, not work)
     counts: dict[tuple[int, str], int] = {}
     runtimes: dict[str, list[float]] = {}
@@ -79,7 +79,7 @@ def _write_outcomes(items: list[tuple]) -> None:
                 pipe.ltrim(runtimes_key(queue), 0, RUNTIMES_KEPT - 1)
             pipe.execute()
     except Exception as exc:  # counting must never fail a task
-        _client["paused_until"] = time.monotonic() + 30
+        _counting["paused_until"] = time.monotonic() + 30
         logger.warning("dashboard task stats paused for 30s: %s", exc)
 
 

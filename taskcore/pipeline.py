@@ -223,6 +223,17 @@ def _record(event: str, task, task_id, request=None, **fields) -> TaskEvent:
     )
 
 
+def _from_headers(event: str, headers: dict, queue, **fields) -> TaskEvent:
+    """A record from a message's headers: published or refused, the task never ran here."""
+    return TaskEvent(
+        event,
+        str(headers.get("id") or "-"),
+        str(headers.get("task") or "?"),
+        queue=str(queue or ""),
+        **fields,
+    )
+
+
 # --- receivers: one per Celery task signal -------------------------------------
 
 
@@ -233,16 +244,8 @@ def stamp_sent_at(headers=None, routing_key=None, **kwargs):
     subscribers = _by_event[SENT]
     if subscribers:
         headers = headers or {}
-        _dispatch(
-            subscribers,
-            TaskEvent(
-                SENT,
-                str(headers.get("id") or "-"),
-                str(headers.get("task") or "?"),
-                queue=str(routing_key or ""),
-                retries=headers.get("retries") or 0,
-            ),
-        )
+        record = _from_headers(SENT, headers, routing_key, retries=headers.get("retries") or 0)
+        _dispatch(subscribers, record)
 
 
 def _on_received(request=None, **kwargs):
@@ -344,17 +347,14 @@ def _on_rejected(message=None, exc=None, **kwargs):
     if subscribers:
         headers = getattr(message, "headers", None) or {}
         delivery = getattr(message, "delivery_info", None) or {}
-        _dispatch(
-            subscribers,
-            TaskEvent(
-                REJECTED,
-                str(headers.get("id") or "-"),
-                str(headers.get("task") or "?"),
-                queue=str(delivery.get("routing_key") or ""),
-                exception=exc if isinstance(exc, BaseException) else None,
-                detail={"reason": exc},
-            ),
+        record = _from_headers(
+            REJECTED,
+            headers,
+            delivery.get("routing_key"),
+            exception=exc if isinstance(exc, BaseException) else None,
+            detail={"reason": exc},
         )
+        _dispatch(subscribers, record)
 
 
 def _on_revoked(request=None, terminated=None, signum=None, expired=None, **kwargs):

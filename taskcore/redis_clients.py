@@ -136,14 +136,6 @@ def probe_options(timeout: float) -> dict:
     }
 
 
-def _sentinel_options_from_settings() -> dict:
-    options: dict = {"master_name": _setting("REDIS_SENTINEL_MASTER", "mymaster")}
-    password = _setting("REDIS_SENTINEL_PASSWORD", "")
-    if password:
-        options["sentinel_kwargs"] = {"password": password}
-    return options
-
-
 # --- building clients --------------------------------------------------------------
 def connect(
     url, options: dict, *, ssl_options: dict | None = None, sentinel_options: dict | None = None
@@ -203,7 +195,10 @@ def _where(role: str, app) -> tuple[str, dict]:
             "ssl_options": conf.redis_backend_use_ssl or None,
             "sentinel_options": conf.result_backend_transport_options or {},
         }
-    return state_url(app), {"sentinel_options": _sentinel_options_from_settings()}
+    return state_url(app), {
+        # The master's name and the Sentinels' password, as the settings give the broker.
+        "sentinel_options": dict(_setting("REDIS_SENTINEL_OPTIONS", {"master_name": "mymaster"}))
+    }
 
 
 _clients: dict[str, tuple[int, redis.Redis]] = {}
