@@ -372,6 +372,18 @@ ensure_dotenv() {
     ok "created .env from .env.example (SECRET_KEY and Flower login generated; edit .env to change the configuration)"
 }
 
+ensure_metrics_token() {
+    # /metrics is closed while DEBUG is off until HEALTH_METRICS_TOKEN is set: put a
+    # generated one in .env if neither it nor the environment has one (never printed;
+    # deploy/prometheus/prometheus.yml reads it from a file).
+    [ "$SETUP" = 1 ] && [ -f .env ] && [ -z "${HEALTH_METRICS_TOKEN:-}" ] || return 0
+    grep -Eq '^[[:space:]]*HEALTH_METRICS_TOKEN=[^[:space:]#]' .env && return 0
+    local token
+    token="$("$VENV_PY" -c 'import secrets;print(secrets.token_urlsafe(32))')"
+    (umask 077 && printf '\nHEALTH_METRICS_TOKEN=%s\n' "$token" >>.env)
+    ok "added a generated HEALTH_METRICS_TOKEN to .env (Prometheus sends it to /metrics)"
+}
+
 default_debug() {
     # Development default DEBUG=1 (serves the admin's static files, no HTTPS
     # redirect), unless the environment or .env decides.
@@ -589,6 +601,7 @@ main() {
     trap 'shutdown 0' INT TERM
     ensure_virtualenv
     ensure_dotenv
+    ensure_metrics_token
     default_debug
     load_report
     mkdir -p "$LOG_DIR" "$RUN_DIR" || { fail "cannot create $LOG_DIR or $RUN_DIR"; remedy "check LOG_DIR in .env and the permissions"; exit 1; }

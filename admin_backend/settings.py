@@ -202,6 +202,8 @@ HEALTH_TIMEOUT = env.float("HEALTH_TIMEOUT", default=5.0)
 HEALTH_BROADCAST_TIMEOUT = env.float("HEALTH_BROADCAST_TIMEOUT", default=1.5)
 HEALTH_HTTP_CACHE_SECONDS = env.float("HEALTH_HTTP_CACHE_SECONDS", default=5.0)
 HEALTH_METRICS_TOKEN = env_or("HEALTH_METRICS_TOKEN", "")
+# /health/?detail=1 (hosts, workers, PIDs) for the people who may see the dashboard.
+HEALTH_DETAIL_PERMISSION = "dashboard.view_operations_dashboard"
 BEAT_HEARTBEAT_INTERVAL = env.float("BEAT_HEARTBEAT_INTERVAL", default=5.0)
 BEAT_LOCK_TTL = env.float("BEAT_LOCK_TTL", default=30.0)
 BEAT_HEARTBEAT_WARNING = env.float("BEAT_HEARTBEAT_WARNING", default=60.0)

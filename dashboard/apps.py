@@ -8,10 +8,12 @@ class DashboardConfig(AppConfig):
 
     def ready(self) -> None:
         # Workers load installed apps too: this counts task outcomes and runtimes
-        # per queue (dashboard.stats) in every worker process.
+        # per queue and task (dashboard.stats; the same counts feed /metrics) in
+        # every worker process.
         from taskcore import pipeline
 
         from . import stats
 
         if stats.enabled():
             pipeline.subscribe(stats.on_task_finished, events=[pipeline.FINISHED])
+            pipeline.subscribe(stats.on_task_failed, events=[pipeline.FAILED])

@@ -9,6 +9,13 @@ summed in memory and written in one pipelined round trip per second per process
 (``taskcore.batching``), not one per task. The dashboard reads the last minute
 of buckets and the runtime lists: a handful of O(1)/O(N<=1000) commands.
 
+The same batch also adds to the Prometheus totals and runtime histograms per
+task and queue (``taskcore.health.metrics.add_task_outcomes``): one subscriber,
+one write, so the dashboard and ``/metrics`` never disagree on what ran. The
+``FAILED`` event (a task failed for good: a dead letter is kept) counts as
+``dead_lettered``; after each task the pool process's peak memory is recorded
+for the worker-memory alert.
+
 The ``DASHBOARD_TASK_STATS`` setting (False) turns the counting off.
 Counting never fails a task: a Redis error pauses it for 30 s.
 """
@@ -16,10 +23,14 @@ Counting never fails a task: a Redis error pauses it for 30 s.
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import socket
 import statistics
 import time
 
 from taskcore.batching import FlushingBuffer
+from taskcore.health import metrics
 from taskcore.pipeline import TaskEvent
 from taskcore.redis_clients import state_redis
 
@@ -53,9 +64,16 @@ def stats_redis(timeout: float | None = None):
     return state_redis(timeout=timeout)
 
 
-def record(queue: str, outcome: str, runtime: float | None, now: float | None = None) -> None:
+def record(
+    queue: str, outcome: str, runtime: float | None, now: float | None = None, task: str = ""
+) -> None:
     now = time.time() if now is None else now
-    _outcomes.add((int(now // BUCKET_SECONDS), queue, outcome, runtime))
+    _outcomes.add((int(now // BUCKET_SECONDS), queue, outcome, runtime, task))
+
+
+def _peak_memory_bytes() -> int:
+    # ru_maxrss (KiB on Linux) is what Celery compares with max_memory_per_child.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _write_outcomes(items: list[tuple]) -> None:
@@ -64,7 +82,10 @@ def _write_outcomes(items: list[tuple]) -> None:
         return  # Redis failed lately: drop the batch (counters, not work)
     counts: dict[tuple[int, str], int] = {}
     runtimes: dict[str, list[float]] = {}
-    for bucket, queue, outcome, runtime in items:
+    ran_queues = set()
+    for bucket, queue, outcome, runtime, _task in items:
+        if outcome != "dead_lettered":
+            ran_queues.add(queue)
         field = (bucket, f"{queue}|{outcome}")
         counts[field] = counts.get(field, 0) + 1
         if outcome == "succeeded" and runtime is not None:
@@ -77,6 +98,11 @@ def _write_outcomes(items: list[tuple]) -> None:
             for queue, values in runtimes.items():
                 pipe.lpush(runtimes_key(queue), *values[-RUNTIMES_KEPT:])
                 pipe.ltrim(runtimes_key(queue), 0, RUNTIMES_KEPT - 1)
+            batch = [(task, queue, outcome, runtime) for _, queue, outcome, runtime, task in items]
+            metrics.add_task_outcomes(pipe, batch)
+            process, now = f"{socket.gethostname()}:{os.getpid()}", time.time()
+            for queue in ran_queues:
+                metrics.add_pool_memory(pipe, queue, process, _peak_memory_bytes(), now)
             pipe.execute()
     except Exception as exc:  # counting must never fail a task
         _counting["paused_until"] = time.monotonic() + 30
@@ -90,7 +116,12 @@ def on_task_finished(run: TaskEvent) -> None:
     """The pipeline's FINISHED subscriber: count the outcome, keep a success's runtime."""
     outcome = _STATE_TO_OUTCOME.get(run.state)
     if outcome is not None:
-        record(run.queue, outcome, run.runtime)
+        record(run.queue, outcome, run.runtime, task=run.name)
+
+
+def on_task_failed(failed: TaskEvent) -> None:
+    """The pipeline's FAILED subscriber: a task failed for good, its dead letter is kept."""
+    record(failed.queue, "dead_lettered", None, task=failed.name)
 
 
 def _percentile(ordered: list[float], fraction: float) -> float | None:

@@ -1,19 +1,46 @@
-"""Prometheus metrics from a health report: what Flower's own metrics lack.
+"""Prometheus metrics: the health report's figures and the task counters, for alerting.
 
-Queue depth and oldest-message age per queue (read from Redis, so they count
-messages no worker has seen yet), consumers per queue, workers answering, beat
-heartbeat age, dead letters, outbox backlog, Redis memory, and every check's
-status. Flower's /metrics (task events, runtimes) stays available beside it.
+From the health report (read when scraped): queue depth and oldest-message age
+per queue (read from Redis, so they count messages no worker has seen yet),
+consumers per queue, workers answering, beat heartbeat age, the dead-letter
+backlog, outbox backlog, Redis memory and evictions, and every check's status.
+
+From the task counters (written by the workers): per task name and queue, the
+runtime histogram and succeeded / failed / retried / dead-lettered totals, and
+the largest pool-process memory per queue beside its recycling limit.
+
+Why counters in Redis and not prometheus-client's multiprocess mode: that mode
+shares files in one directory, so it counts the processes of one host; our
+workers run in several containers and the web process that is scraped runs
+none of them. Every worker process adds its batch to one Redis hash
+(``HINCRBY``; :func:`add_task_outcomes`, called by the subscriber that also
+feeds the dashboard's rates, so both read what one write recorded) and
+``/metrics`` reads it with one ``HGETALL``. The totals never expire: they are
+counters, and ``rate()``/``increase()`` handle a reset (Redis flushed).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .model import HealthReport
 
 PREFIX = "admin_backend"
+TASKS_KEY = f"{PREFIX}:metrics:tasks"
+MEMORY_KEY = f"{PREFIX}:metrics:memory"
+# Tasks here run from milliseconds (mail) to many minutes (exports).
+RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered")
+# A pool process that ran no task for this long is gone or idle: its memory is not shown.
+MEMORY_FRESH_SECONDS = 300
+SEPARATOR = "\t"  # not in task or queue names
+
+logger = logging.getLogger(__name__)
 
 
 def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -71,13 +98,11 @@ class ReportCollector:
 
         dead = report.get("dead_letters")
         if dead and dead.data.get("available"):
-            family = _gauge("dead_letters", "Dead letters not replayed")
+            # The backlog falls when letters are replayed; for "how many were created"
+            # use increase(admin_backend_tasks_dead_lettered_total[1h]), which does not.
+            family = _gauge("dead_letters_backlog", "Dead letters waiting (not replayed)")
             family.add_metric([], dead.data["unreplayed"])
             yield family
-            if dead.data.get("last_hour") is not None:
-                family = _gauge("dead_letters_last_hour", "Dead letters created in the last hour")
-                family.add_metric([], dead.data["last_hour"])
-                yield family
 
         outbox = report.get("outbox")
         if outbox and outbox.data.get("available"):
@@ -98,12 +123,153 @@ class ReportCollector:
             yield family
         server = report.get("redis.server")
         if server and "evicted_keys" in server.data:
-            family = _gauge("redis_evicted_keys", "Keys evicted by the broker Redis since start")
+            family = CounterMetricFamily(
+                f"{PREFIX}_redis_evicted_keys", "Keys evicted by the broker Redis since it started"
+            )
             family.add_metric([], server.data["evicted_keys"])
             yield family
 
 
-def render_metrics(report: HealthReport) -> bytes:
+# --- task counters -------------------------------------------------------------
+def _field(*parts: object) -> str:
+    return SEPARATOR.join(str(part) for part in parts)
+
+
+def _bucket_of(runtime: float) -> str:
+    for bound in RUNTIME_BUCKETS:
+        if runtime <= bound:
+            return str(bound)
+    return "+Inf"
+
+
+def add_task_outcomes(pipe, outcomes: Iterable[tuple[str, str, str, float | None]]) -> None:
+    """Queue on ``pipe`` the increments of a batch of (task, queue, outcome, runtime).
+
+    Increments are summed per field first: one HINCRBY per field and batch. A
+    runtime goes into the histogram of its task and queue (any outcome: a run
+    that failed after a minute took a minute).
+    """
+    counts: dict[str, int] = {}
+    sums: dict[str, float] = {}
+    for task, queue, outcome, runtime in outcomes:
+        counts[_field(task, queue, outcome)] = counts.get(_field(task, queue, outcome), 0) + 1
+        if runtime is not None and runtime >= 0:
+            bucket = _field(task, queue, "le", _bucket_of(runtime))
+            counts[bucket] = counts.get(bucket, 0) + 1
+            count = _field(task, queue, "count")
+            counts[count] = counts.get(count, 0) + 1
+            total = _field(task, queue, "sum")
+            sums[total] = sums.get(total, 0.0) + runtime
+    for field, value in counts.items():
+        pipe.hincrby(TASKS_KEY, field, value)
+    for field, value in sums.items():
+        pipe.hincrbyfloat(TASKS_KEY, field, round(value, 6))
+
+
+def add_pool_memory(pipe, queue: str, process: str, max_rss_bytes: int, now: float) -> None:
+    """Record a pool process's peak memory (what Celery's max_memory_per_child compares)."""
+    pipe.hset(f"{MEMORY_KEY}:{queue}", process, f"{max_rss_bytes} {now:.0f}")
+    pipe.expire(f"{MEMORY_KEY}:{queue}", 3600)
+
+
+def task_metrics_redis():
+    """The Redis the workers count into: the state Redis, with a scrape's short timeout."""
+    from taskcore.redis_clients import state_redis
+
+    return state_redis(timeout=2.0)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class TaskCollector:
+    """The workers' totals, histograms and pool memory, read from Redis when scraped."""
+
+    def __init__(self, client, queues: Iterable[tuple[str, int | None]], now: float | None = None):
+        self.client = client
+        self.queues = list(queues)  # (name, max_memory_per_child_kb or None)
+        self.now = time.time() if now is None else now
+
+    def collect(self):
+        up = _gauge("task_metrics_up", "1 when the workers' task counters could be read")
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(TASKS_KEY)
+                for name, _ in self.queues:
+                    pipe.hgetall(f"{MEMORY_KEY}:{name}")
+                replies = pipe.execute()
+        except Exception as exc:  # a scrape still shows the health figures
+            logger.warning("task counters unreadable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from self._tasks({_text(k): _text(v) for k, v in (replies[0] or {}).items()})
+        yield from self._memory(replies[1:])
+
+    def _tasks(self, fields: dict[str, str]):
+        labels = ["task", "queue"]
+        outcomes = {
+            outcome: CounterMetricFamily(
+                f"{PREFIX}_tasks_{outcome}", f"Task runs {outcome.replace('_', ' ')}", labels=labels
+            )
+            for outcome in OUTCOMES
+        }
+        histograms: dict[tuple[str, str], dict] = {}
+        for field, value in sorted(fields.items()):
+            parts = field.split(SEPARATOR)
+            if len(parts) == 3 and parts[2] in outcomes:
+                outcomes[parts[2]].add_metric(parts[:2], float(value))
+            elif len(parts) >= 3:
+                entry = histograms.setdefault((parts[0], parts[1]), {"le": {}})
+                if parts[2] == "le" and len(parts) == 4:
+                    entry["le"][parts[3]] = int(value)
+                elif parts[2] in ("sum", "count"):
+                    entry[parts[2]] = float(value)
+        yield from outcomes.values()
+        runtime = HistogramMetricFamily(
+            f"{PREFIX}_task_runtime_seconds", "Task run time in the worker", labels=labels
+        )
+        for (task, queue), entry in sorted(histograms.items()):
+            cumulative, buckets = 0, []
+            for bound in [*map(str, RUNTIME_BUCKETS), "+Inf"]:
+                cumulative += entry["le"].get(bound, 0)
+                buckets.append((bound, cumulative))
+            runtime.add_metric([task, queue], buckets, entry.get("sum", 0.0))
+        yield runtime
+
+    def _memory(self, replies):
+        memory = _gauge(
+            "worker_pool_memory_max_bytes",
+            "Largest peak RSS of a pool process that ran a task of the queue in the last 5 min",
+            ["queue"],
+        )
+        limit = _gauge(
+            "worker_pool_memory_limit_bytes",
+            "max_memory_per_child of the queue's workers: a process above it is recycled",
+            ["queue"],
+        )
+        for (name, limit_kb), processes in zip(self.queues, replies, strict=True):
+            fresh = []
+            for value in (processes or {}).values():
+                rss, _, at = _text(value).partition(" ")
+                if self.now - float(at or 0) <= MEMORY_FRESH_SECONDS:
+                    fresh.append(int(rss))
+            if fresh:
+                memory.add_metric([name], max(fresh))
+            if limit_kb:
+                limit.add_metric([name], limit_kb * 1024)
+        yield from (memory, limit)
+
+
+def render_metrics(report: HealthReport, task_client=None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(report))
+    if task_client is not None:
+        from taskcore.queues import queue_table
+
+        queues = [(spec.name, spec.max_memory_per_child_kb) for spec in queue_table().specs]
+        registry.register(TaskCollector(task_client, queues))
     return generate_latest(registry)
