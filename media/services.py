@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import re
+import struct
 import tempfile
 import time
 import warnings
@@ -66,8 +67,17 @@ ORIENTATION_TRANSPOSE = {
 }
 # Orientations 5-8 turn the picture a quarter: width and height swap on display.
 QUARTER_TURNS = {5, 6, 7, 8}
-# Errors Pillow raises on a corrupt or truncated file while parsing or decoding.
-DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError)
+# Errors Pillow raises on a corrupt or truncated file while parsing or decoding
+# (struct.error: a frame header cut short, met while counting a GIF's frames).
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+)
 _CLAIMED_EXTENSION = re.compile(r"^\.[a-z][a-z0-9]{0,7}$")
 
 
