@@ -203,6 +203,21 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def outcome_totals(client) -> dict[str, dict[str, int]]:
+    """Per queue, the workers' running total of each outcome (summed over task names).
+
+    The dashboard's throughput charts are differences of these: the counters
+    /metrics serves, not a second count.
+    """
+    totals: dict[str, dict[str, int]] = {}
+    for field, value in (client.hgetall(TASKS_KEY) or {}).items():
+        parts = _text(field).split(SEPARATOR)
+        if len(parts) == 3 and parts[2] in OUTCOMES:
+            queue = totals.setdefault(parts[1], dict.fromkeys(OUTCOMES, 0))
+            queue[parts[2]] += int(value)
+    return totals
+
+
 class TaskCollector:
     """The workers' totals, histograms and pool memory, read from Redis when scraped."""
 
