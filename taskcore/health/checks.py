@@ -268,7 +268,11 @@ def _queue_result(
             + ", ".join(f"{step}: {count}" for step, count in sorted(depth.by_priority.items()))
             + ")"
         )
-    who = "consumers unknown" if consumers is None else f"{len(consumers)} consumers"
+    who = (
+        "consumers unknown"
+        if consumers is None
+        else f"{len(consumers)} consumer{'' if len(consumers) == 1 else 's'}"
+    )
     detail = f"{waiting}; {who}"
     start_one = (
         f"start a worker consuming {spec.name} "
