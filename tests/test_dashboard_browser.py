@@ -265,6 +265,11 @@ def test_a_burst_shows_in_the_hour_and_the_day_chart(
     media_value = page.locator("#chart-depth .u-legend .u-series").nth(QUEUES.index("media") + 1)
     sync_api.expect(media_value.locator(".u-value")).to_have_text("500")
     page.locator(".ops-charts").screenshot(path=str(test_work_dir / "dashboard-chart-hour.png"))
+    # The legend toggles a queue's line (uPlot's own legend).
+    page.locator("#chart-depth .u-legend .u-series").nth(1).click()
+    assert page.evaluate("() => window.opsCharts.depth.series[1].show") is False
+    page.locator("#chart-depth .u-legend .u-series").nth(1).click()
+    assert page.evaluate("() => window.opsCharts.depth.series[1].show") is True
 
     # Day: one-minute buckets keep the peak (depth) and the sum (throughput).
     page.click('.ops-range button[data-range="day"]')
