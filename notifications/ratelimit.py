@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 import time
 
 from django.core.exceptions import ImproperlyConfigured
@@ -77,17 +78,29 @@ class EmailRateLimit:
             )
         )
         self.mean_gap = item.get_expiry() / item.amount
+        self._turn = threading.Lock()
 
     def take(self) -> None:
         """Take one token, waiting briefly; ``RateLimited`` if none comes in time."""
         deadline = time.monotonic() + MAX_WAIT_SECONDS
-        while not self.limiter.hit(self.item, IDENTIFIER):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                # Spread the postponed batches so they do not come back together.
-                raise RateLimited(max(MAX_WAIT_SECONDS, self.mean_gap) * random.uniform(1, 2))
-            # Several senders poll: each at a fraction of the gap catches the next token soon.
-            time.sleep(min(left, self.mean_gap * random.uniform(0.25, 0.75)))
+        # One sending thread per process asks Redis at a time: a batch's threads
+        # polling together would cost Redis and CPU, and the CPU they take delays
+        # the messages already granted (which a relay would see as a burst).
+        if not self._turn.acquire(timeout=MAX_WAIT_SECONDS):
+            raise self._postponed()
+        try:
+            while not self.limiter.hit(self.item, IDENTIFIER):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._postponed()
+                # A fraction of the mean gap: the next token is caught soon after it frees.
+                time.sleep(min(left, self.mean_gap * random.uniform(0.25, 0.75)))
+        finally:
+            self._turn.release()
+
+    def _postponed(self) -> RateLimited:
+        # Spread the postponed batches so they do not come back together.
+        return RateLimited(max(MAX_WAIT_SECONDS, self.mean_gap) * random.uniform(1, 2))
 
     def clear(self) -> None:
         self.limiter.clear(self.item, IDENTIFIER)

@@ -193,3 +193,41 @@ def test_a_bad_rate_limit_is_refused_with_a_clear_error():
     for bad in ("fast", "14", "0/s", "-3/s", "14/fortnight"):
         with pytest.raises(ImproperlyConfigured, match="EMAIL_RATE_LIMIT must be like"):
             parse_limit(bad)
+
+
+# --- one rate limit for every worker ------------------------------------------------
+
+
+@pytest.mark.chaos  # about a minute: 3,000 mails at 50 a second
+@pytest.mark.django_db(transaction=True)
+def test_email_rate_limit_holds_across_two_workers_at_the_relay(app, start_worker, relay):
+    from notifications import ratelimit
+
+    ratelimit.EmailRateLimit(parse_limit("50/s")).clear()  # this run's Redis, but be sure
+    env = {**relay.worker_env, "EMAIL_RATE_LIMIT": "50/s"}
+    workers = [start_worker(["email"], env=env), start_worker(["email"], env=env)]
+    recipients = audience(3_000, "limited")
+
+    campaign = wait_done(send_campaign(recipients), timeout=240)
+
+    assert relay.per_recipient == Counter({address: 1 for address in recipients})
+    assert campaign.deliveries.filter(status=Status.SENT).count() == 3_000
+    for worker in workers:  # both sent: the limit was shared, not per process
+        stats = app.control.inspect(destination=[worker.hostname], timeout=5).stats()
+        assert stats[worker.hostname]["total"].get("notifications.tasks.send_delivery_batch")
+    per_second = Counter(int(arrival) for arrival in relay.arrivals)
+    first, last = min(per_second), max(per_second)
+    # Whole seconds only: the first and the last are partial.
+    counts = [per_second[second] for second in range(first + 1, last)]
+    print("mails per second at the relay:", [per_second[s] for s in range(first, last + 1)])
+    assert len(counts) >= 55
+    # No second above 55 (the limit plus 10%), anywhere in the run.
+    assert max(per_second.values()) <= 55, counts
+    # The limiter starts with a full allowance (50 at once, in the first second),
+    # then waits for those to age out of the window (the second after). From
+    # then on the rate is 50 +/- 5%, and no second falls far below it either: a
+    # message granted just before a second ends may arrive just after it, so
+    # neighbouring seconds can read 48 and 52 (or 47 and 53) at an even 50/s.
+    steady = counts[1:]
+    assert 47.5 <= sum(steady) / len(steady) <= 52.5, counts
+    assert min(steady) >= 45, counts
