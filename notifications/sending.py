@@ -120,63 +120,129 @@ class BatchSender:
         try:
             connection = checkout()
         except BaseException as exc:  # e.g. a backend that cannot open
-            self.error = self.error or exc
-            self._stop.set()
+            self._fail(exc)
             return
         try:
-            while not self._stop.is_set():
-                with self._lock:
-                    if not self._pending:
-                        return
-                    delivery = self._pending.popleft()
-                try:
-                    result = self._send(delivery, connection)
-                except ratelimit.RateLimited as exc:
-                    self._hand_back(delivery)
-                    self.postponed = self.postponed or exc
-                    self._stop.set()
-                    return
-                except BaseException as exc:
-                    self._hand_back(delivery)
-                    self.error = self.error or exc
-                    self._stop.set()
-                    return
-                with self._lock:
-                    self._results.append(result)
+            if isinstance(connection, smtp.Connection):
+                self._work_pipelined(connection)
+            else:
+                self._work_django(connection)
         finally:
             checkin(connection)
 
-    def _hand_back(self, delivery: Delivery) -> None:
-        with self._lock:
-            self._pending.appendleft(delivery)
+    def _work_pipelined(self, connection: smtp.Connection) -> None:
+        """Each message's start goes out with the previous one's end (``smtp.Connection``)."""
+        while True:
+            delivery = None if self._stop.is_set() else self._next()
+            try:
+                if delivery is None:
+                    self._record_smtp(connection.finish())
+                    return
+                envelope_or_result = self._envelope(delivery)
+                if isinstance(envelope_or_result, Result):
+                    self._record(envelope_or_result)
+                    continue
+                connection.pause()
+                if self._limit:
+                    self._limit.take()
+                self._record_smtp(connection.push(envelope_or_result))
+            except smtp.Interrupted as exc:
+                # Sent again, by this thread after its backoff or by another.
+                self._record_smtp(exc.completed)
+                self._hand_back(*(e.key for e in exc.envelopes))
+            except ratelimit.RateLimited as exc:
+                self._hand_back(delivery)
+                self.postponed = self.postponed or exc
+                self._stop.set()
+            except BaseException as exc:
+                self._hand_back(
+                    delivery, *([connection.in_flight.key] if connection.in_flight else [])
+                )
+                connection.close()
+                self._fail(exc)
+                return
 
-    def _send(self, delivery: Delivery, connection) -> Result:
+    def _work_django(self, connection) -> None:
+        """A non-SMTP backend (console, file, locmem, ...): one message at a time."""
+        while (delivery := None if self._stop.is_set() else self._next()) is not None:
+            try:
+                result = self._skipped(delivery)
+                if result is None:
+                    outgoing = self._composer.compose(delivery)
+                    if self._limit:
+                        self._limit.take()
+                    outgoing.send(connection)
+                    result = self._outcome(delivery, None)
+            except (EmailInputError, ValueError, *PER_MESSAGE_ANSWERS) as exc:
+                result = self._refused(delivery, exc)
+            except ratelimit.RateLimited as exc:
+                self._hand_back(delivery)
+                self.postponed = self.postponed or exc
+                self._stop.set()
+                return
+            except BaseException as exc:
+                self._hand_back(delivery)
+                self._fail(exc)
+                return
+            self._record(result)
+
+    def _next(self) -> Delivery | None:
+        with self._lock:
+            return self._pending.popleft() if self._pending else None
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = self.error or exc
+        self._stop.set()
+
+    def _hand_back(self, *deliveries) -> None:
+        with self._lock:
+            for delivery in reversed([d for d in deliveries if d is not None]):
+                self._pending.appendleft(delivery)
+
+    def _record(self, result: Result) -> None:
+        with self._lock:
+            self._results.append(result)
+
+    def _record_smtp(self, completed) -> None:
+        for envelope, refusal in completed:
+            self._record(self._outcome(envelope.key, refusal))
+
+    def _skipped(self, delivery: Delivery) -> Result | None:
         reason = self._suppressed.get(delivery.email) if delivery.campaign_id else None
         if reason:
             return Result(delivery.pk, Status.SKIPPED, error=f"suppressed: {reason}")
+        return None
+
+    def _envelope(self, delivery: Delivery):
+        """The message's ``smtp.Envelope``, or the ``Result`` that ends it unsent."""
+        skipped = self._skipped(delivery)
+        if skipped:
+            return skipped
         try:
-            outgoing = self._composer.compose(delivery)
-            take_token = self._limit.take if self._limit else None
-            if isinstance(connection, smtp.Connection):
-                connection.send(*outgoing.envelope(), before_attempt=take_token)
-            else:
-                if take_token:
-                    take_token()
-                outgoing.send(connection)
-        except EmailInputError as exc:
-            return Result(delivery.pk, Status.FAILED, error=str(exc))
-        except PER_MESSAGE_ANSWERS as exc:
-            code, answer = smtp_answer(exc)
-            if 400 <= code < 500:
-                return Result(delivery.pk, Status.DEFERRED, code, answer)
-            bounce = isinstance(exc, smtplib.SMTPRecipientsRefused)
-            return Result(delivery.pk, Status.FAILED, code, answer, hard_bounce=bounce)
-        except (ValueError, smtplib.SMTPNotSupportedError) as exc:
-            # Refused by Django or smtplib while building the message: nothing went out.
-            return Result(delivery.pk, Status.FAILED, error=f"message not sendable: {exc}")
-        # At once: a run after a crash must not send this one again (sentlog).
-        sentlog.note_sent(delivery.pk)
-        return Result(delivery.pk, Status.SENT, 250)
+            return smtp.Envelope(delivery, *self._composer.compose(delivery).envelope())
+        except (EmailInputError, ValueError) as exc:
+            return self._refused(delivery, exc)
+
+    @classmethod
+    def _outcome(cls, delivery: Delivery, refusal: Exception | None) -> Result:
+        if refusal is None:
+            # At once: a run after a crash must not send this one again (sentlog).
+            sentlog.note_sent(delivery.pk)
+            return Result(delivery.pk, Status.SENT, 250)
+        return cls._refused(delivery, refusal)
+
+    @staticmethod
+    def _refused(delivery: Delivery, refusal: Exception) -> Result:
+        if isinstance(refusal, EmailInputError):
+            return Result(delivery.pk, Status.FAILED, error=str(refusal))
+        if not isinstance(refusal, PER_MESSAGE_ANSWERS):
+            # Refused by Django, our serialiser or smtplib while building it: nothing went out.
+            return Result(delivery.pk, Status.FAILED, error=f"message not sendable: {refusal}")
+        code, answer = smtp_answer(refusal)
+        if 400 <= code < 500:
+            return Result(delivery.pk, Status.DEFERRED, code, answer)
+        bounce = isinstance(refusal, smtplib.SMTPRecipientsRefused)
+        return Result(delivery.pk, Status.FAILED, code, answer, hard_bounce=bounce)
 
 
 def _django_connection():

@@ -46,49 +46,76 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 BACKOFF_FIRST, BACKOFF_CAP, MAX_REFUSALS = 0.5, 8.0, 8
 
 
-class PipeliningSMTP(smtplib.SMTP):
-    def send_one(self, from_addr: str, to_addr: str, data: bytes) -> None:
-        """Send one message to one recipient; raise what ``sendmail`` raises.
+@dataclass
+class Envelope:
+    """One message to one recipient, as SMTP takes it; ``key`` is the caller's."""
 
-        Without PIPELINING on the server this is ``sendmail``.
-        """
+    key: object
+    sender: str
+    recipient: str
+    data: bytes
+
+
+class PipeliningSMTP(smtplib.SMTP):
+    """smtplib with RFC 2920 pipelining of one message's end and the next one's start.
+
+    One write carries the content of the message whose DATA was accepted and
+    the MAIL, RCPT and DATA of the next; one read takes all their answers: one
+    round trip per message. ``rset_first`` is set after a refused envelope, so
+    the next write begins with the RSET that clears it.
+    """
+
+    rset_first = False
+
+    def pipelines(self) -> bool:
         self.ehlo_or_helo_if_needed()
-        if not self.has_extn("pipelining"):
-            self.sendmail(from_addr, [to_addr], data)
-            return
-        size = f" SIZE={len(data)}" if self.has_extn("size") else ""
-        envelope = (
-            f"MAIL FROM:{smtplib.quoteaddr(from_addr)}{size}\r\n"
-            f"RCPT TO:{smtplib.quoteaddr(to_addr)}\r\nDATA\r\n"
-        )
-        self.send(envelope.encode("ascii"))
-        # Replies come in command order; after a 421 the server hangs up, so
-        # stop reading at the first one.
-        mail = self._reply_or_close()
-        if mail[0] == 421:
-            raise smtplib.SMTPSenderRefused(*mail, from_addr)
-        rcpt = self._reply_or_close()
-        if rcpt[0] == 421:
-            raise smtplib.SMTPRecipientsRefused({to_addr: rcpt})
-        data_reply = self._reply_or_close()
-        if mail[0] != 250 or rcpt[0] not in (250, 251) or data_reply[0] != 354:
-            if data_reply[0] == 354:  # a server that took DATA anyway: end it empty
-                self.send(b"." + CRLF)
-                self.getreply()
-            if data_reply[0] != 421:
-                self.rset()
-            if mail[0] != 250:
-                raise smtplib.SMTPSenderRefused(*mail, from_addr)
-            if rcpt[0] not in (250, 251):
-                raise smtplib.SMTPRecipientsRefused({to_addr: rcpt})
-            raise smtplib.SMTPDataError(*data_reply)
-        content = _LEADING_DOT.sub(b"..", data)
-        if not content.endswith(CRLF):
-            content += CRLF
-        self.send(content + b"." + CRLF)
-        code, message = self._reply_or_close()
-        if code != 250:
-            raise smtplib.SMTPDataError(code, message)
+        return self.has_extn("pipelining")
+
+    def exchange(self, finishing: Envelope | None, starting: Envelope | None):
+        """Write ``finishing``'s content and ``starting``'s envelope; read their answers.
+
+        Returns ``(answer to the content or None, [MAIL, RCPT, DATA answers] or
+        None)``. Reading stops at a 421 (the server hangs up after it): the
+        answers not read are missing from the result, and the session is closed.
+        """
+        out = []
+        if finishing is not None:
+            content = _LEADING_DOT.sub(b"..", finishing.data)
+            if not content.endswith(CRLF):
+                content += CRLF
+            out.append(content + b"." + CRLF)
+        rset = self.rset_first and starting is not None
+        if rset:
+            out.append(b"RSET" + CRLF)
+            self.rset_first = False
+        if starting is not None:
+            size = f" SIZE={len(starting.data)}" if self.has_extn("size") else ""
+            out.append(
+                f"MAIL FROM:{smtplib.quoteaddr(starting.sender)}{size}\r\n"
+                f"RCPT TO:{smtplib.quoteaddr(starting.recipient)}\r\nDATA\r\n".encode("ascii")
+            )
+        self.send(b"".join(out))
+        finished = None
+        if finishing is not None:
+            finished = self._reply_or_close()
+            if finished[0] == 421:
+                return finished, None
+        if rset and self._reply_or_close()[0] == 421:
+            return finished, None
+        if starting is None:
+            return finished, None
+        answers = []
+        for _ in range(3):
+            answers.append(self._reply_or_close())
+            if answers[-1][0] == 421:
+                return finished, answers
+        if answers[2][0] == 354 and (answers[0][0] != 250 or answers[1][0] not in (250, 251)):
+            # A server that took DATA without a sender or recipient: end it empty.
+            self.send(b"." + CRLF)
+            self.getreply()
+        if answers[2][0] != 354:
+            self.rset_first = answers[0][0] == 250
+        return finished, answers
 
     def _reply_or_close(self) -> tuple[int, bytes]:
         code, message = self.getreply()
@@ -113,81 +140,151 @@ class RelayRefusing(TransientError):
     """One connection was refused this many times in a row: let the task retry later."""
 
 
+class Interrupted(Exception):
+    """The session ended under these messages (421, hung up); send them again later.
+
+    ``completed``: messages finished in the same exchange, with their outcomes.
+    """
+
+    def __init__(self, envelopes: list[Envelope], completed=()):
+        super().__init__(f"{len(envelopes)} message(s) to send again")
+        self.envelopes = envelopes
+        self.completed = list(completed)
+
+
 @dataclass
 class Connection:
-    """One pooled SMTP session and its backoff state; used by one thread at a time."""
+    """One pooled SMTP session, its message in flight and its backoff; one thread's at a time.
+
+    ``push`` starts a message and returns the messages it completed, each with
+    ``None`` (accepted) or the per-message refusal (``SMTPRecipientsRefused``,
+    ``SMTPSenderRefused``, ``SMTPDataError``, as ``sendmail`` raises them);
+    ``finish`` completes the message in flight. A 421, a 4xx to MAIL FROM or a
+    session the server closed raise ``Interrupted`` with the messages to send
+    again, after which this connection backs off (``pause``) before its next
+    try; ``RelayRefusing`` when that keeps happening.
+    """
 
     backend: _Backend
     last_used: float = 0.0
     refusals: int = 0  # in a row; reset by a message accepted
+    disconnects: int = 0  # likewise
+    in_flight: Envelope | None = None
 
-    def send(self, from_addr: str, to_addr: str, data: bytes, before_attempt=None) -> None:
-        """Send one message; 421 and a 4xx to MAIL FROM back off and try again here.
-
-        ``before_attempt()`` runs before each try (the rate limit's token).
-        Per-message refusals (4xx/5xx to RCPT or to the content) are raised for
-        the caller to record; they also slow this connection down (a 4xx there
-        is often "too fast"), without trying again.
-        """
-        disconnects = 0
-        while True:
-            self._pause()
-            if before_attempt is not None:
-                before_attempt()
-            try:
-                self._session().send_one(from_addr, to_addr, data)
-            except smtplib.SMTPServerDisconnected:
-                # Closed while idle (relays drop quiet sessions), or mid-message:
-                # once on a fresh session; twice in a row is a real outage.
-                self.close()
-                disconnects += 1
-                if disconnects > 1:
-                    raise
-                continue
-            except (smtplib.SMTPConnectError, smtplib.SMTPSenderRefused) as exc:
-                if exc.smtp_code == 421 or (
-                    isinstance(exc, smtplib.SMTPSenderRefused) and 400 <= exc.smtp_code < 500
-                ):
-                    self._refused(exc)
-                    continue
-                raise
-            except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError) as exc:
-                code = _code(exc)
-                if code == 421:  # the server closed the session: not this message's fault
-                    self._refused(exc)
-                    continue
-                if 400 <= code < 500:
-                    self.refusals += 1
-                raise
+    def pause(self) -> None:
+        """Wait out this connection's backoff; give up when the relay keeps refusing."""
+        if self.disconnects > 1:
+            self.disconnects = 0
+            raise smtplib.SMTPServerDisconnected("the SMTP relay closed the connection twice")
+        if self.refusals >= MAX_REFUSALS:
             self.refusals = 0
-            self.last_used = time.monotonic()
-            return
-
-    def _pause(self) -> None:
+            raise RelayRefusing(f"the relay refused {MAX_REFUSALS} times in a row")
         if self.refusals:
             delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self.refusals - 1))
             time.sleep(delay * random.uniform(0.5, 1.0))
 
-    def _refused(self, exc: smtplib.SMTPResponseException) -> None:
+    def push(self, envelope: Envelope) -> list[tuple[Envelope, Exception | None]]:
+        try:
+            session = self._session()
+        except Interrupted as exc:  # 421 at the greeting
+            raise Interrupted([envelope]) from exc
+        if not session.pipelines():
+            return [(envelope, self._sendmail(session, envelope))]
+        return self._exchange(session, self.in_flight, envelope)
+
+    def finish(self) -> list[tuple[Envelope, Exception | None]]:
+        if self.in_flight is None:
+            return []
+        return self._exchange(self.backend.connection, self.in_flight, None)
+
+    def _exchange(self, session, finishing, starting):
+        involved = [e for e in (finishing, starting) if e is not None]
+        self.in_flight = None
+        try:
+            finished, answers = session.exchange(finishing, starting)
+        except smtplib.SMTPServerDisconnected:
+            self._lost(involved)
+        done = []
+        if finishing is not None:
+            if finished[0] == 421:
+                self._refused(finished, involved)
+            done.append((finishing, None if finished[0] == 250 else _data_error(finished)))
+        if starting is None:
+            self._succeeded()
+            return done
+        if not answers or answers[-1][0] == 421:
+            self._refused(answers[-1] if answers else (421, b"closed"), [starting], done)
+        mail, rcpt, data = answers
+        if 400 <= mail[0] < 500:  # "slow down" for the sender: the connection backs off
+            self._refused(mail, [starting], done)
+        if mail[0] != 250:
+            done.append((starting, smtplib.SMTPSenderRefused(*mail, starting.sender)))
+        elif rcpt[0] not in (250, 251):
+            done.append((starting, smtplib.SMTPRecipientsRefused({starting.recipient: rcpt})))
+        elif data[0] != 354:
+            done.append((starting, smtplib.SMTPDataError(*data)))
+        else:
+            self.in_flight = starting
+        if any(outcome is None for _, outcome in done) or self.in_flight is not None:
+            self._succeeded()
+        if 400 <= rcpt[0] < 500:
+            self.refusals += 1  # greylisting or "too fast": slow this connection down
+        return done
+
+    def _sendmail(self, session, envelope: Envelope) -> Exception | None:
+        try:
+            session.sendmail(envelope.sender, [envelope.recipient], envelope.data)
+        except smtplib.SMTPServerDisconnected:
+            self._lost([envelope])
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused) as exc:
+            code = _code(exc)
+            if code == 421 or (isinstance(exc, smtplib.SMTPSenderRefused) and code < 500):
+                self._refused((code, b""), [envelope])
+            return exc
+        except smtplib.SMTPDataError as exc:
+            if exc.smtp_code == 421:
+                self._refused((421, exc.smtp_error), [envelope])
+            return exc
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. SMTPUTF8 needed, not offered
+            return exc
+        self._succeeded()
+        return None
+
+    def _succeeded(self) -> None:
+        self.refusals = self.disconnects = 0
+        self.last_used = time.monotonic()
+
+    def _lost(self, envelopes: list[Envelope]):
+        # Closed while idle (relays drop quiet sessions) or under a message: the
+        # messages go again on a fresh session; twice in a row is an outage.
+        self.close()
+        self.disconnects += 1
+        raise Interrupted(envelopes)
+
+    def _refused(self, answer, envelopes: list[Envelope], done=()) -> None:
+        """421 or a 4xx to MAIL FROM: back off, hand the messages back (what completed stays)."""
         self.close()
         self.refusals += 1
-        logger.info("SMTP relay refused (%s); connection backs off", _answer(exc))
-        if self.refusals >= MAX_REFUSALS:
-            self.refusals = 0
-            raise RelayRefusing(
-                f"the relay refused {MAX_REFUSALS} times in a row, last: {_answer(exc)}"
-            ) from None
+        text = answer[1].decode("utf-8", errors="replace") if answer[1] else ""
+        logger.info("SMTP relay refused (%s %s); connection backs off", answer[0], text)
+        raise Interrupted(list(envelopes), completed=list(done))
 
     def _session(self) -> PipeliningSMTP:
         idle_for = time.monotonic() - self.last_used
         if self.backend.connection is not None and idle_for > conf.smtp_idle_seconds():
             self.close()  # the relay has probably dropped it; a NOOP would cost the same trip
         if self.backend.connection is None:
-            self.backend.open()
+            try:
+                self.backend.open()
+            except smtplib.SMTPConnectError as exc:
+                if exc.smtp_code == 421:  # "too busy" at the greeting
+                    self._refused((421, exc.smtp_error), [])
+                raise
             self.last_used = time.monotonic()
         return self.backend.connection
 
     def close(self) -> None:
+        self.in_flight = None
         try:
             self.backend.close()
         except (smtplib.SMTPException, OSError) as exc:
@@ -195,17 +292,14 @@ class Connection:
         self.backend.connection = None
 
 
+def _data_error(answer) -> smtplib.SMTPDataError:
+    return smtplib.SMTPDataError(*answer)
+
+
 def _code(exc: smtplib.SMTPException) -> int:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         return next(iter(exc.recipients.values()))[0]
     return getattr(exc, "smtp_code", 0)
-
-
-def _answer(exc: smtplib.SMTPResponseException) -> str:
-    text = exc.smtp_error
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return f"{exc.smtp_code} {text}"
 
 
 class ConnectionPool:
