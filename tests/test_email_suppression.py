@@ -138,9 +138,9 @@ def test_import_bounces_refuses_bad_files_with_a_clear_error_and_imports_nothing
     call_command("import_bounces", str(no_column), "--email-column", "Who", stdout=StringIO())
     assert Suppression.objects.filter(email="ann@example.org").exists()
 
-    with pytest.raises(CommandError, match="cannot read .*missing.csv"):
+    with pytest.raises(CommandError, match=r"cannot read .*missing\.csv"):
         call_command("import_bounces", str(tmp_path / "missing.csv"))
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"email\n\xff\xfe\x00bad\n")
-    with pytest.raises(CommandError, match="binary.csv is not a UTF-8 CSV file"):
+    with pytest.raises(CommandError, match=r"binary\.csv is not a UTF-8 CSV file"):
         call_command("import_bounces", str(binary))
