@@ -85,9 +85,9 @@ def claim_lease_seconds() -> int:
 
 
 # SMTP connections each worker process keeps open to the relay. Against a relay
-# 50 ms away one connection sends about 10 mails a second (two round trips per
+# 50 ms away one connection sends about 20 mails a second (one round trip per
 # mail, pipelined); the email queue runs 2 to 8 processes (the queue table), so 8
-# per process covers the round trip up to several hundred mails a second.
+# per process covers the round trip up to the CPU's limit (B2: about 500/s here).
 # Relays limit concurrent connections per account: processes x this stays below it.
 DEFAULT_SMTP_CONNECTIONS = 8
 MAX_SMTP_CONNECTIONS = 64

@@ -1,7 +1,7 @@
 """A batch's messages sent over several pooled SMTP connections at once.
 
-One connection to a relay 50 ms away waits two round trips per message even
-pipelined, about ten messages a second; a batch therefore sends on
+One connection to a relay 50 ms away waits a round trip per message even
+pipelined, about twenty messages a second; a batch therefore sends on
 ``EMAIL_SMTP_CONNECTIONS`` connections at once, one thread each (the work is
 waiting on sockets; the GIL is free meanwhile). The threads only compose, send
 and write the Redis sent-mark; the task's own thread keeps the database work

@@ -5,15 +5,18 @@ Against a remote relay every SMTP command waits a round trip. smtplib's
 connection costs the greeting, EHLO (STARTTLS, EHLO again, AUTH) and QUIT on
 top. Here:
 
-- ``PipeliningSMTP.send_one`` writes MAIL, RCPT and DATA in one packet when the
-  server offers PIPELINING (RFC 2920), then the content: two round trips.
+- ``PipeliningSMTP.exchange``: when the server offers PIPELINING (RFC 2920),
+  one write carries a message's content and the next message's MAIL, RCPT and
+  DATA, and one read their answers: one round trip per message. Without it,
+  ``sendmail``.
 - ``ConnectionPool`` keeps each worker process's connections open across
   batches (bounded: ``EMAIL_SMTP_CONNECTIONS``), reopens one that sat idle for
   ``EMAIL_SMTP_IDLE_SECONDS`` (relays close idle sessions) and one the server
   closed.
-- ``Connection.send`` backs that one connection off when the relay answers 421
-  (closing) or a 4xx to MAIL FROM (slow down), and tries the same message again
-  on a fresh session; other connections and the campaign go on.
+- ``Connection`` backs that one connection off when the relay answers 421
+  (closing) or a 4xx to MAIL FROM (slow down), and hands the messages back to
+  the batch, to go again after the pause on a fresh session; other connections
+  and the campaign go on.
 
 Opening uses Django's SMTP backend (host, port, STARTTLS/SSL, login, timeout
 from the ``EMAIL_*`` settings), so configuration means what it means elsewhere.
@@ -42,7 +45,8 @@ logger = logging.getLogger(__name__)
 CRLF = b"\r\n"
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 # Backoff of one connection after 421 / 4xx to MAIL FROM: 0.5 s doubling to 8 s,
-# jittered. Eight refusals in a row (about 30 s) hand the batch back to its task.
+# jittered. Eight refusals in a row (about 15 to 30 s) end the batch's run: its
+# task retries later with the queue's backoff.
 BACKOFF_FIRST, BACKOFF_CAP, MAX_REFUSALS = 0.5, 8.0, 8
 
 
