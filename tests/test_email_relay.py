@@ -198,6 +198,33 @@ def test_a_bad_rate_limit_is_refused_with_a_clear_error():
 # --- one rate limit for every worker ------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_without_a_token_in_time_hands_the_rest_to_a_later_task(start_worker, relay):
+    from notifications import ratelimit
+
+    limit = ratelimit.EmailRateLimit(parse_limit("3/20 seconds"))
+    limit.clear()
+    start_worker(["email"], env={**relay.worker_env, "EMAIL_RATE_LIMIT": "3/20 seconds"})
+    recipients = audience(5, "postponed")
+    campaign = send_campaign(recipients)
+
+    wait_for(lambda: sum(relay.per_recipient.values()) == 3, WAIT, 0.1, "3 mails sent")
+    # The other two were handed back (queued) and taken again by a new batch task:
+    # their claims count twice. The first task did not hold its worker until the
+    # window ended (a task may send them as soon as a token frees, hence any status).
+    wait_for(
+        lambda: campaign.deliveries.filter(attempts__gte=2).count() == 2,
+        WAIT,
+        0.1,
+        "the rest postponed to a new task",
+    )
+    assert campaign.deliveries.filter(status=Status.SENT, attempts=1).count() == 3
+
+    limit.clear()  # as if the 20 seconds had passed
+    wait_done(campaign)
+    assert relay.per_recipient == Counter({address: 1 for address in recipients})
+
+
 @pytest.mark.chaos  # about a minute: 3,000 mails at 50 a second
 @pytest.mark.django_db(transaction=True)
 def test_email_rate_limit_holds_across_two_workers_at_the_relay(app, start_worker, relay):
