@@ -52,7 +52,9 @@ def record_hard_bounces(bounces: dict[str, tuple[str, int | None]]) -> None:
 def remove(queryset, removed_by=None) -> int:
     """Delete suppression entries, each leaving a ``SuppressionRemoval``; return how many."""
     with transaction.atomic():
-        entries = list(queryset.select_for_update())
+        # No joins (the admin's list adds the campaign's): PostgreSQL cannot lock
+        # the nullable side of an outer join.
+        entries = list(queryset.select_related(None).select_for_update())
         SuppressionRemoval.objects.bulk_create(
             SuppressionRemoval(
                 email=entry.email,
