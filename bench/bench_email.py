@@ -497,6 +497,10 @@ def write_docs_section(section: str, path: Path) -> Path:
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
         tail = "".join(lines[end:])
+        # The relay subsection (--latency-ms) is another run's: keep it.
+        relay = next((i for i in range(start, end) if lines[i].startswith("### A relay")), None)
+        if relay is not None:
+            section += "\n" + "".join(lines[relay:end]).rstrip("\n") + "\n"
         text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
     path.parent.mkdir(exist_ok=True)
     path.write_text(text)
