@@ -219,7 +219,11 @@ class BatchSender:
         if skipped:
             return skipped
         try:
-            return smtp.Envelope(delivery, *self._composer.compose(delivery).envelope())
+            envelope = smtp.Envelope(delivery, *self._composer.compose(delivery).envelope())
+            # Checked before anything is written: a pipelined write cannot stop half way.
+            envelope.sender.encode("ascii")
+            envelope.recipient.encode("ascii")
+            return envelope
         except (EmailInputError, ValueError) as exc:
             return self._refused(delivery, exc)
 

@@ -45,6 +45,7 @@ class Relay(AdvertisesPipelining):
         self.busy_until: float | None = None
         self.refused_421 = 0
         self.unknown: set[str] = set()  # answered 550 to RCPT
+        self.contents: list[bytes] = []
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         with self.lock:
@@ -69,6 +70,7 @@ class Relay(AdvertisesPipelining):
         with self.lock:
             self.per_recipient.update(a.lower() for a in envelope.rcpt_tos)
             self.arrivals.append(time.time())
+            self.contents.append(envelope.content)
         return "250 Message accepted for delivery"
 
 
@@ -258,3 +260,36 @@ def test_email_rate_limit_holds_across_two_workers_at_the_relay(app, start_worke
     steady = counts[1:]
     assert 47.5 <= sum(steady) / len(steady) <= 52.5, counts
     assert min(steady) >= 45, counts
+
+
+# --- one pipelined connection, message by message ------------------------------------
+
+
+def test_one_pipelined_connection_keeps_each_messages_outcome_apart(relay):
+    import smtplib
+
+    from notifications import smtp
+
+    relay.unknown = {"gone@example.org"}
+    connection = smtp.Connection(smtp._Backend(fail_silently=False))
+    body = b"Subject: s\r\n\r\n.a line starting with a dot\r\nend\r\n"
+    addresses = ["a@example.org", "gone@example.org", "b@example.org", "c@example.org"]
+    outcomes = {}
+    for address in addresses:
+        envelope = smtp.Envelope(address, "no-reply@example.org", address, body)
+        outcomes.update((e.key, o) for e, o in connection.push(envelope))
+        if address == "gone@example.org":
+            # Its RCPT was refused before the content: known at once, nothing in flight.
+            assert connection.in_flight is None
+    outcomes.update((e.key, o) for e, o in connection.finish())
+    connection.close()
+
+    assert set(outcomes) == set(addresses)
+    assert isinstance(outcomes.pop("gone@example.org"), smtplib.SMTPRecipientsRefused)
+    assert all(outcome is None for outcome in outcomes.values())
+    # The RSET after the refusal let the next transactions through, once each.
+    assert relay.per_recipient == Counter(
+        {"a@example.org": 1, "b@example.org": 1, "c@example.org": 1}
+    )
+    # Dot-stuffed on the way (RFC 5321 4.5.2), as the server un-stuffs it.
+    assert relay.contents == [body] * 3
