@@ -28,7 +28,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import pipeline
+from . import arguments, pipeline
 
 
 class TransientError(Exception):
@@ -95,12 +95,15 @@ class BaseTask(Task):
     def apply_async(self, args=None, kwargs=None, **options):
         reject_model_instances(args or ())
         reject_model_instances((kwargs or {}).values())
+        args, kwargs = arguments.check_message(self, args, kwargs, options.get("queue"))
         return super().apply_async(args, kwargs, **options)
 
     def __call__(self, *args, **kwargs):
         try:
             if not self.request.called_directly:
                 self._refuse_endless_redelivery()
+                # A message from elsewhere (send_task, a replay) gets the same check.
+                args, kwargs = arguments.checked(self, args, kwargs)
             return super().__call__(*args, **kwargs)
         except TaskPredicate:  # Retry, Ignore, Reject: Celery's own control flow
             raise

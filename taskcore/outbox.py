@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from . import arguments
 from .secrets import mask_text
 
 logger = logging.getLogger("taskcore.outbox")
@@ -48,6 +49,20 @@ def _task_name(task) -> str:
     return task if isinstance(task, str) else task.name
 
 
+def _task(task):
+    """The task object of a task or task name (every task module imported if needed)."""
+    if not isinstance(task, str):
+        return task
+    from celery import current_app
+
+    if task not in current_app.tasks:
+        current_app.loader.import_default_modules()
+    try:
+        return current_app.tasks[task]
+    except KeyError:
+        raise arguments.InvalidTaskArguments(f"unknown task {task!r}: nothing sent") from None
+
+
 def send_after_commit(task, args=None, kwargs=None, **options):
     """Record a task in the current transaction; publish it after commit.
 
@@ -61,6 +76,9 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     args, kwargs = list(args or ()), dict(kwargs or {})
     reject_model_instances(args)
     reject_model_instances(kwargs.values())
+    # Checked now, in the caller, not when the relay publishes the row.
+    args, kwargs = arguments.check_message(_task(task), args, kwargs, options.get("queue"))
+    args, kwargs = list(args), dict(kwargs)
     message = OutboxMessage.objects.create(
         task_name=_task_name(task), args=args, kwargs=kwargs, options=options
     )

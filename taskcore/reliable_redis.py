@@ -23,7 +23,10 @@ What changes, and nothing else:
   bell round trip): under load it costs one round trip per batch of messages,
   where kombu's costs two per message.
 - An entry that is not a kombu message (not JSON, no delivery tag) is moved to
-  ``_kombu.unparseable.<queue>`` by the script and logged, never dropped.
+  ``taskcore.refused.<queue>`` by the script and logged, never dropped; so is a
+  message whose delivery raises (kombu cannot build it, or the consumer fails
+  on it): nothing a queue holds is raised into the worker. The dead letters
+  store these lists' records (``taskcore.deadletters``, reason ``refused``).
 
 Consumers with ``no_ack`` (they accept loss by definition) keep kombu's plain
 pops; everything else (publishing, fanout, acks, restoring from ``unacked``,
@@ -76,8 +79,13 @@ def bell_key(queue: str) -> str:
     return f"_kombu.bell.{queue}"
 
 
-def unparseable_key(queue: str) -> str:
-    return f"_kombu.unparseable.{queue}"
+def refused_key(queue: str) -> str:
+    """Entries of ``queue`` refused by the transport, as JSON records (see reserve.lua)."""
+    return f"taskcore.refused.{queue}"
+
+
+# Bytes of a refused entry kept for inspection (as reserve.lua keeps).
+REFUSED_KEPT_BYTES = 65536
 
 
 class AtomicReserveQoS(kombu_redis.QoS):
@@ -170,13 +178,8 @@ class AtomicReserveMixin:
             self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues
         ]
         bells = [bell_key(queue) for queue in queues]
-        keys = [
-            *queue_keys,
-            *bells,
-            self.unacked_key,
-            self.unacked_index_key,
-            unparseable_key(queues[0]),
-        ]
+        refused = [refused_key(queue) for _pri in self.priority_steps for queue in queues]
+        keys = [*queue_keys, *bells, self.unacked_key, self.unacked_index_key, *refused]
         return [
             "EVAL",
             RESERVE_SCRIPT,
@@ -307,7 +310,7 @@ class AtomicReserveMixin:
 
     def _accept_reserved(self, reply) -> list[tuple[str, dict]]:
         """(queue, payload) pairs of a reservation; their tags are marked as recorded."""
-        unparseable, flat = int(reply[0]), reply[1:]
+        refused, flat = int(reply[0]), reply[1:]
         prefix_length = len(self.global_keyprefix or "")
         messages = []
         for key, item in zip(flat[::2], flat[1::2], strict=True):
@@ -315,12 +318,12 @@ class AtomicReserveMixin:
             payload = loads(bytes_to_str(item))
             self._atomically_reserved.add(payload["properties"]["delivery_tag"])
             messages.append((queue, payload))
-        if unparseable:
+        if refused:
             logger.error(
                 "%d entries in the consumed queues were not kombu messages; moved to %s* "
-                "for inspection",
-                unparseable,
-                self._prefixed("_kombu.unparseable."),
+                "(stored as dead letters, reason refused)",
+                refused,
+                self._prefixed("taskcore.refused."),
             )
         return messages
 
@@ -328,7 +331,14 @@ class AtomicReserveMixin:
         delivered = 0
         try:
             for queue, payload in messages:
-                self.connection._deliver(payload, queue)
+                try:
+                    self.connection._deliver(payload, queue)
+                except self.connection_errors:
+                    raise
+                except Exception as exc:
+                    # kombu could not build the message, or the consumer raised on it:
+                    # move it aside rather than let it stop this worker (and the next).
+                    self._refuse(queue, payload, exc)
                 delivered += 1
         finally:
             # Reserved but not handed over (a callback raised): put them back now
@@ -341,6 +351,28 @@ class AtomicReserveMixin:
                 except self.connection_errors:
                     logger.warning("message %s stays in unacked until its visibility timeout", tag)
             self._queue_cycle.rotate(messages[-1][0])
+
+    def _refuse(self, queue: str, payload: dict, exc: Exception) -> None:
+        """Move a reserved message from ``unacked`` to its queue's refused list, atomically."""
+        tag = payload["properties"]["delivery_tag"]
+        raw = dumps(payload)
+        record = dumps(
+            {
+                "refused_reason": f"the worker could not take it: {type(exc).__name__}: {exc}",
+                "size": len(raw),
+                "message": raw[:REFUSED_KEPT_BYTES],
+            }
+        )
+        logger.error(
+            "message %s of queue %s refused: %s: %.500s", tag, queue, type(exc).__name__, exc
+        )
+        self._atomically_reserved.discard(tag)
+        with self.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.lpush(refused_key(queue), record)  # the client adds global_keyprefix
+            pipe.zrem(self.unacked_index_key, tag)
+            pipe.hdel(self.unacked_key, tag)
+            pipe.execute()
+        virtual.QoS.ack(self.qos, tag)  # forgotten here too, if it was handed over
 
     # -- publishing and restoring ring the bells ----------------------------------
 
