@@ -614,14 +614,20 @@ def check_dead_letters(ctx: HealthContext) -> CheckResult:
         waiting = DeadLetter.objects.filter(replayed_at__isnull=True)
         total = waiting.count()
         last_hour = waiting.filter(first_seen__gte=timezone.now() - timedelta(hours=1)).count()
+        refused = waiting.filter(reason=DeadLetter.Reason.REFUSED).count()
     except Exception as exc:
         return warning(
             "dead_letters",
             f"cannot count dead letters: {type(exc).__name__}: {exc}",
             "run `python manage.py migrate`; check the database",
         )
-    data = {"available": True, "unreplayed": total, "last_hour": last_hour}
+    data = {"available": True, "unreplayed": total, "last_hour": last_hour, "refused": refused}
     detail = f"{total} dead letters not replayed, {last_hour} in the last hour"
+    if refused:
+        detail += (
+            f"; {refused} refused messages (not valid task messages: "
+            "`manage.py dead_letters list --reason refused`, then purge)"
+        )
     remedy = (
         "review them in the admin (Task platform > Dead letters): fix the cause, then "
         "replay or discard"
