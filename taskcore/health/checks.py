@@ -268,6 +268,11 @@ def _queue_result(
             + ", ".join(f"{step}: {count}" for step, count in sorted(depth.by_priority.items()))
             + ")"
         )
+    if depth.scheduled:
+        overdue = depth.most_overdue
+        waiting += f", {depth.scheduled} scheduled" + (
+            f" (most overdue {human_age(overdue)})" if overdue and overdue >= 1 else ""
+        )
     who = "consumers unknown" if consumers is None else f"{len(consumers)} consumers"
     detail = f"{waiting}; {who}"
     start_one = (
@@ -304,6 +309,13 @@ def _queue_result(
         level = Status.CRITICAL if depth.depth >= spec.depth_critical else Status.WARNING
         limit = spec.depth_critical if level is Status.CRITICAL else spec.depth_warning
         findings.append((level, f"depth {depth.depth} over {limit}", backlog_remedy))
+    overdue = depth.most_overdue
+    if overdue is not None and overdue >= spec.age_warning:
+        # Due messages are moved to the queue by its consumers' reservations.
+        level = Status.CRITICAL if overdue >= spec.age_critical else Status.WARNING
+        findings.append(
+            (level, f"a scheduled message is {human_age(overdue)} past due", backlog_remedy)
+        )
     if age is not None and age >= spec.age_warning:
         level = Status.CRITICAL if age >= spec.age_critical else Status.WARNING
         limit = spec.age_critical if level is Status.CRITICAL else spec.age_warning
