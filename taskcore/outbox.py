@@ -34,8 +34,10 @@ RELAY_BATCH = 500
 # After a failed publish, leave new rows to the relay for this long instead of
 # making every request wait on a broker that is known to be down.
 BROKER_DOWN_BACKOFF = 5.0
+# One retry (a broken pooled connection): with the caller's broker timeouts
+# (CELERY_CALLER_TIMEOUT) a commit waits about a second at most on a dead broker.
 PUBLISH_RETRY_POLICY = {
-    "max_retries": 2,
+    "max_retries": 1,
     "interval_start": 0,
     "interval_step": 0.2,
     "interval_max": 0.5,
