@@ -380,7 +380,13 @@ ensure_metrics_token() {
     grep -Eq '^[[:space:]]*HEALTH_METRICS_TOKEN=[^[:space:]#]' .env && return 0
     local token
     token="$("$VENV_PY" -c 'import secrets;print(secrets.token_urlsafe(32))')"
-    (umask 077 && printf '\nHEALTH_METRICS_TOKEN=%s\n' "$token" >>.env)
+    if grep -Eq '^[[:space:]]*HEALTH_METRICS_TOKEN=' .env; then
+        # An empty HEALTH_METRICS_TOKEN= line: fill it (a second line would not count:
+        # the settings keep the first value .env gives).
+        sed -i.bak -E "s|^[[:space:]]*HEALTH_METRICS_TOKEN=.*|HEALTH_METRICS_TOKEN=$token|" .env && rm -f .env.bak
+    else
+        printf '\nHEALTH_METRICS_TOKEN=%s\n' "$token" >>.env
+    fi
     ok "added a generated HEALTH_METRICS_TOKEN to .env (Prometheus sends it to /metrics)"
 }
 

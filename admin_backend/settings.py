@@ -196,6 +196,11 @@ EMAIL_BATCH_SIZE = env_or("EMAIL_BATCH_SIZE", "100")
 EMAIL_SITE_URL = env_or("EMAIL_SITE_URL", "http://127.0.0.1:8000")
 EMAIL_UNSUBSCRIBE_MAILTO = env_or("EMAIL_UNSUBSCRIBE_MAILTO", "")
 EMAIL_MESSAGE_ID_DOMAIN = env_or("EMAIL_MESSAGE_ID_DOMAIN", "")
+# Sending to a relay (docs/email.md): one rate for the whole installation (empty:
+# none), SMTP connections kept open per worker process, and how long one may idle.
+EMAIL_RATE_LIMIT = env_or("EMAIL_RATE_LIMIT", "")
+EMAIL_SMTP_CONNECTIONS = env_or("EMAIL_SMTP_CONNECTIONS", "8")
+EMAIL_SMTP_IDLE_SECONDS = env_or("EMAIL_SMTP_IDLE_SECONDS", "20")
 
 # --- Health checks and beat liveness (documented in taskcore/health/conf.py) ---
 HEALTH_TIMEOUT = env.float("HEALTH_TIMEOUT", default=5.0)

@@ -47,12 +47,15 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
+sys.path.insert(0, str(PROJECT_DIR / "bench"))
 
 
 # --- the SMTP sink, in its own process ----------------------------------------
 
 
-def run_sink(port: int, received, control, tls_files: tuple[str, str] | None) -> None:
+def run_sink(
+    port: int, received, control, tls_files: tuple[str, str] | None, pipelining: bool = False
+) -> None:
     """aiosmtpd server counting messages; answers "report"/"reset" on ``control``.
 
     With ``tls_files`` (certificate, key) it requires STARTTLS and a login, like
@@ -70,7 +73,11 @@ def run_sink(port: int, received, control, tls_files: tuple[str, str] | None) ->
     per_recipient: Counter = Counter()
     lock = threading.Lock()
 
-    class Sink:
+    from notifications.dev_smtp import AdvertisesPipelining
+
+    # A relay offers PIPELINING (Postfix and the providers do); the local sink
+    # of the earlier tables did not, and is kept so to compare with them.
+    class Sink(AdvertisesPipelining if pipelining else object):
         async def handle_DATA(self, server, session, envelope):
             with lock:
                 per_recipient.update(address.lower() for address in envelope.rcpt_tos)
@@ -125,13 +132,17 @@ def make_certificate(directory: Path) -> tuple[str, str]:
 
 
 class SinkProcess:
-    def __init__(self, port: int, tls_files: tuple[str, str] | None = None):
+    def __init__(
+        self, port: int, tls_files: tuple[str, str] | None = None, pipelining: bool = False
+    ):
         self.port = port
         self.tls_files = tls_files
         self.received = multiprocessing.Value("l", 0)
         self.control, child_end = multiprocessing.Pipe()
         self.process = multiprocessing.Process(
-            target=run_sink, args=(port, self.received, child_end, tls_files), daemon=True
+            target=run_sink,
+            args=(port, self.received, child_end, tls_files, pipelining),
+            daemon=True,
         )
         self.process.start()
         assert self.control.recv() == "ready"
@@ -155,6 +166,39 @@ class SinkProcess:
 
     def stop(self) -> None:
         self.control.send("stop")
+        self.process.join(10)
+
+
+# --- the latency proxy, in its own process (its CPU is counted apart) ---------
+
+
+def run_proxy(listen_port: int, target_port: int, delay: float) -> None:
+    from latency_proxy import LatencyProxy
+
+    LatencyProxy(("127.0.0.1", target_port), delay, listen_port).run_forever()
+
+
+class ProxyProcess:
+    def __init__(self, port: int, target_port: int, delay: float):
+        import socket
+
+        self.port = port
+        self.process = multiprocessing.Process(
+            target=run_proxy, args=(port, target_port, delay), daemon=True
+        )
+        self.process.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
         self.process.join(10)
 
 
@@ -512,6 +556,120 @@ def run_variant(variant: str, options, work_dir: Path, app, spec, redis_pid: int
     return results
 
 
+def run_relay(options, work_dir: Path, app, spec, redis_pid: int) -> dict:
+    """Ours and naive against a sink behind the latency proxy (a relay across a network)."""
+    from taskcore.testing.redis_server import free_port
+    from taskcore.testing.workers import WorkerProcess
+
+    sink = SinkProcess(free_port(), pipelining=True)
+    proxy = ProxyProcess(free_port(), sink.port, options.latency_ms / 1000)
+    env = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(proxy.port)}
+    worker = WorkerProcess(
+        app,
+        [spec.name],
+        log_path=work_dir / "worker-relay.out",
+        pool=spec.pool,
+        concurrency=spec.concurrency,
+        env=env,
+        extra_args=[f"--prefetch-multiplier={spec.prefetch_multiplier}"],
+        name="bench-relay",
+    )
+
+    def processes() -> dict[str, list[int]]:
+        return {
+            "worker": [worker.process.pid, *worker.child_pids()],
+            "sink": [sink.process.pid],
+            "proxy": [proxy.process.pid],
+            "redis": [redis_pid],
+            "bench": [os.getpid()],
+        }
+
+    results = {}
+    count, timeout = options.recipients, options.timeout
+    print(f"Relay {2 * options.latency_ms:g} ms round trip away:")
+    try:
+        worker.start()
+        set_rate_limits(app, worker.hostname, None)
+        results["ours"] = measure("ours", send_ours, count, options.runs, sink, timeout, processes)
+        naive_runs = options.runs if options.naive_runs is None else options.naive_runs
+        if naive_runs:  # 0: ours alone, while tuning
+            results["naive"] = measure(
+                "naive", send_naive, count, naive_runs, sink, timeout, processes
+            )
+    finally:
+        worker.stop()
+        proxy.stop()
+        sink.stop()
+    return results
+
+
+def relay_markdown(results: dict, options, machine: str, spec, load: str) -> str:
+    from notifications import conf
+
+    ours, naive = results["ours"], results["naive"]
+    command = " ".join(["python", "bench/bench_email.py", *sys.argv[1:]])
+    lines = [
+        f"### A relay {2 * options.latency_ms:g} ms round trip away",
+        "",
+        f"`{command}`: the same sink behind `bench/latency_proxy.py`, which delays every "
+        f"byte by {options.latency_ms:g} ms in each direction (netem is not available in "
+        f"this kernel); the sink offers PIPELINING as relays do. {options.recipients:,} "
+        "recipients, timed from the enqueue call to the last message received, median of "
+        f"the runs; every run checks that each recipient received exactly one message.",
+        "",
+        "| way | emails/s | median s | runs (s) | CPU ms per email: worker + sink + proxy + "
+        "Redis + bench |",
+        "|---|---:|---:|---|---|",
+    ]
+    rows = [
+        (
+            f"ours: campaign, batches of {options.batch_size}, "
+            f"{conf.smtp_connections()} pooled pipelining connections per process",
+            ours,
+        ),
+        ("naive: one task and one SMTP connection per mail (`send_email_message`)", naive),
+    ]
+    for label, result in rows:
+        runs = ", ".join(f"{s:.1f}" for s in result["runs"])
+        cpu = result["cpu_ms"]
+        spent = " + ".join(f"{cpu[k]:.2f}" for k in ("worker", "sink", "proxy", "redis", "bench"))
+        lines.append(
+            f"| {label} | {result['rate']:,.1f} | {result['seconds']:.1f} | {runs} | {spent} |"
+        )
+    lines += [
+        "",
+        f"**Ours / naive: {ours['rate'] / naive['rate']:.1f}x** in emails/s (target: 20x); "
+        f"{total_cpu(naive) / total_cpu(ours):.1f}x in CPU per email.",
+        "",
+        f"- Machine: {machine}. Load average {load}.",
+        f"- Worker: the email queue's shape from the queue table (pool `{spec.pool}`, "
+        f"concurrency {spec.concurrency}, prefetch {spec.prefetch_multiplier}); the queue "
+        f"table's per-worker rate limit ({spec.rate_limit}) lifted for both rows, no "
+        "`EMAIL_RATE_LIMIT`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_relay_subsection(section: str, path: Path) -> Path:
+    """Replace (or add at the end of "## B2: email") the relay subsection, nothing else."""
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("## B2: email"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    heading = section.splitlines()[0].split(" away")[0]
+    sub = next((i for i in range(start, end) if lines[i].startswith(heading)), None)
+    if sub is None:
+        sub_end = sub = end
+        section += "\n"
+    else:
+        sub_end = next(
+            (i for i in range(sub + 1, end) if lines[i].startswith(("## ", "### "))), end
+        )
+        if sub_end < end:
+            section += "\n"
+    path.write_text("".join(lines[:sub]) + section + "".join(lines[sub_end:]))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=10_000)
@@ -521,6 +679,13 @@ def main() -> None:
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--skip-deployed", action="store_true", help="skip ours with rate limit")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="put the sink behind a proxy delaying each direction this much (a remote relay)",
+    )
+    parser.add_argument("--naive-runs", type=int, help="runs of naive (default: --runs)")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument(
         "--docs-file",
@@ -544,6 +709,23 @@ def main() -> None:
     machine = machine_description()
     print(f"B2 email: {options.recipients:,} recipients, {options.runs} runs; {machine}")
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    if options.latency_ms:
+        try:
+            relay = run_relay(options, work_dir, app, spec, redis_server.process.pid)
+        finally:
+            redis_server.stop()
+            shutil.rmtree(work_dir, ignore_errors=True)
+        if "naive" not in relay:
+            return
+        ratio = relay["ours"]["rate"] / relay["naive"]["rate"]
+        print(f"\nrelay ratio ours/naive: {ratio:.1f}x (target >= 20x)")
+        load = f"{load_before} at the start, " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+        section = relay_markdown(relay, options, machine, spec, load + " at the end")
+        if options.write_docs:
+            print(f"written: {write_relay_subsection(section, options.docs_file)}")
+        else:
+            print("\n" + section)
+        return
     variants = ("plain", "tls") if options.smtp == "both" else (options.smtp,)
     results = {}
     try:

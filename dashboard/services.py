@@ -13,7 +13,7 @@ are installed. Every part is read independently: one that fails is reported in
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Max, Min
 from django.utils import timezone
@@ -160,6 +160,41 @@ def dead_letter_groups(limit: int = 50) -> dict:
 
 
 # --- beat ------------------------------------------------------------------------
+def _schedule_text(entry) -> str:
+    """What an operator reads: "At 03:00 AM, only on Monday UTC", "every 10 seconds"."""
+    if entry.crontab is not None:
+        # django-celery-beat's own rendering, through cron-descriptor.
+        return entry.crontab.human_readable
+    return str(entry.interval or entry.solar or entry.clocked)
+
+
+def next_run_at(schedule, last_run_at, now):
+    """When beat will send the entry next, by the schedule's own arithmetic.
+
+    ``schedule.is_due(last_run_at)`` is what beat's tick asks. The database's
+    ``last_run_at`` trails beat's memory (the scheduler saves it every few
+    minutes), so an entry may look overdue while beat runs it on time. Then an
+    interval entry's next run is the next multiple of its interval after
+    ``last_run_at`` (beat's own runs keep to it), and a crontab's the next time
+    it matches after now.
+    """
+    due, _ = schedule.is_due(last_run_at or now)
+    if not due:
+        remaining = schedule.remaining_estimate(last_run_at or now).total_seconds()
+        return _whole_second(now + timedelta(seconds=max(0.0, remaining)))
+    every = getattr(schedule, "run_every", None)
+    if isinstance(every, timedelta) and every.total_seconds() > 0 and last_run_at is not None:
+        periods = int((now - last_run_at).total_seconds() // every.total_seconds()) + 1
+        return last_run_at + every * periods
+    return _whole_second(now + schedule.remaining_estimate(now))
+
+
+def _whole_second(moment):
+    # remaining_estimate() is measured from the schedule's own clock, read a moment
+    # after ``now``: 03:29:59.998 is 03:30.
+    return (moment + timedelta(milliseconds=500)).replace(microsecond=0)
+
+
 def beat_entries() -> list[dict]:
     from django_celery_beat.models import PeriodicTask
 
@@ -169,22 +204,17 @@ def beat_entries() -> list[dict]:
         "interval", "crontab", "solar", "clocked"
     ).order_by("name"):
         next_run = None
-        try:
-            schedule = entry.schedule
-            remaining = schedule.remaining_estimate(entry.last_run_at or now)
-            next_run = max(now, (entry.last_run_at or now) + remaining) if entry.enabled else None
-            if entry.last_run_at is None and entry.enabled:
-                next_run = now + remaining
-        except Exception:  # noqa: S110 - an odd schedule shows no next run, not an error
-            pass
-        if entry.one_off and entry.total_run_count:
-            next_run = None
+        if entry.enabled and not (entry.one_off and entry.total_run_count):
+            try:
+                next_run = next_run_at(entry.schedule, entry.last_run_at, now)
+            except Exception:  # noqa: S110 - an odd schedule shows no next run, not an error
+                pass
         rows.append(
             {
                 "name": entry.name,
                 "task": entry.task,
                 "enabled": entry.enabled,
-                "schedule": str(entry.interval or entry.crontab or entry.solar or entry.clocked),
+                "schedule": _schedule_text(entry),
                 "queue": entry.queue or "",
                 "last_run_at": _iso(entry.last_run_at),
                 "next_run_at": _iso(next_run),

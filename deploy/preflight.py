@@ -12,6 +12,7 @@ lines come from the queue table (``admin_backend.worker_commands``).
     python deploy/preflight.py worker-commands --windows [--groups | --group NAME]
     python deploy/preflight.py port-free 8000         # exit 1 when something listens
     python deploy/preflight.py restart-budget --max 3 --window 120 T1 T2   # .bat only
+    python deploy/preflight.py compose                # a Compose that reads our file?
 
 No output of this module contains a password, except ``BROKER_PASSWORD`` in the
 ``sh`` report (read by the shell script into a variable to configure the bundled
@@ -24,7 +25,9 @@ import argparse
 import io
 import json
 import os
+import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -258,6 +261,48 @@ def restart_budget(history: list[int], *, max_restarts: int, window: int, now: i
     return [*recent, now]
 
 
+# deploy/docker-compose.yml uses depends_on.required (Compose 2.20.0) and the
+# top-level name: Compose v1 (docker-compose 1.x, Debian's docker-compose package)
+# rejects the file with a schema error that does not say why.
+COMPOSE_MINIMUM = (2, 20, 0)
+COMPOSE_COMMANDS = (("docker", "compose"), ("docker-compose",))
+
+
+def _version_of(text: str) -> tuple[int, ...] | None:
+    found = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
+def compose_check() -> tuple[bool, str]:
+    """Which Compose runs here, and whether it can read deploy/docker-compose.yml."""
+    minimum = ".".join(map(str, COMPOSE_MINIMUM))
+    seen = []
+    for command in COMPOSE_COMMANDS:
+        if not shutil.which(command[0]):
+            continue
+        try:
+            answer = subprocess.run(
+                [*command, "version", "--short"], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        version = _version_of(answer.stdout) if answer.returncode == 0 else None
+        if version is None:
+            continue
+        name = " ".join(command)
+        if version >= COMPOSE_MINIMUM:
+            return True, f"{name} {'.'.join(map(str, version))} (needs {minimum} or later)"
+        seen.append(f"{name} {'.'.join(map(str, version))}")
+    if seen:
+        return False, (
+            f"found {', '.join(seen)}; deploy/docker-compose.yml needs Docker Compose {minimum} "
+            "or later (Compose v1, such as Debian's docker-compose 1.29, rejects its `name` "
+            "and `depends_on.required`): install the Compose v2 plugin (`docker compose`), "
+            "see docs/deployment.md"
+        )
+    return False, f"no Docker Compose found: install Docker Compose {minimum} or later"
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -286,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("now", help="epoch seconds")
     port = sub.add_parser("port-free", help="exit 0 when nothing listens on 127.0.0.1:PORT")
     port.add_argument("port", type=int)
+    sub.add_parser("compose", help="exit 0 when a Compose that reads the compose file is here")
     options = parser.parse_args(argv)
 
     if options.command == "report":
@@ -315,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "now":
         print(int(time.time()))
         return 0
+    if options.command == "compose":
+        usable, text = compose_check()
+        print(("ok: " if usable else "error: ") + text, file=sys.stdout if usable else sys.stderr)
+        return 0 if usable else 1
     return 0 if port_free(options.port) else 1
 
 

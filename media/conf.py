@@ -10,8 +10,9 @@ there); nothing here reads the environment itself.
 ``MEDIA_UPLOAD_MAX_BYTES``
     Largest accepted upload (default 20 MiB).
 ``MEDIA_UPLOAD_MAX_PIXELS``
-    Largest accepted width x height (default 50 million): the decompression-bomb
-    limit, checked from the header before any pixel is decoded.
+    Largest accepted width x height (default 50 million), every frame of an
+    animation counted (frames x width x height): the decompression-bomb limit,
+    checked from the headers before any pixel is decoded.
 ``MEDIA_ORIGINALS_STORAGE`` / ``MEDIA_RENDITIONS_STORAGE``
     Aliases in Django's ``STORAGES`` (default ``"default"``). Originals keep the
     uploader's metadata (GPS, camera): give them a storage that is not public.

@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import re
+import struct
 import tempfile
 import time
 import warnings
@@ -66,8 +67,17 @@ ORIENTATION_TRANSPOSE = {
 }
 # Orientations 5-8 turn the picture a quarter: width and height swap on display.
 QUARTER_TURNS = {5, 6, 7, 8}
-# Errors Pillow raises on a corrupt or truncated file while parsing or decoding.
-DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError)
+# Errors Pillow raises on a corrupt or truncated file while parsing or decoding
+# (struct.error: a frame header cut short, met while counting a GIF's frames).
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+)
 _CLAIMED_EXTENSION = re.compile(r"^\.[a-z][a-z0-9]{0,7}$")
 
 
@@ -204,14 +214,47 @@ def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
             raise Rejected(f"decompression bomb refused: {exc}") from None
         except DECODE_ERRORS as exc:
             raise Rejected(f"corrupt {FORMAT_LABELS[fmt]} file: {exc}") from None
+    try:
+        _check_pixel_budget(image, fmt, max_pixels)
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _frame_count(image: Image.Image, fmt: str) -> int:
+    """The frames the file declares, from headers only.
+
+    Pillow counts GIF frames by skipping over each frame's data blocks, and reads
+    APNG's count from its acTL chunk and WebP's from the animation header: no
+    frame is decoded, so a bomb is refused before it costs memory or time.
+    """
+    try:
+        return max(1, int(getattr(image, "n_frames", 1)))
+    except DECODE_ERRORS as exc:
+        raise Rejected(f"corrupt {FORMAT_LABELS[fmt]} file: {exc}") from None
+
+
+def _check_pixel_budget(image: Image.Image, fmt: str, max_pixels: int) -> None:
+    """Refuse an image whose pixels, every frame counted, exceed ``max_pixels``.
+
+    Each frame of an animation is decoded onto a canvas of the full image size,
+    so many small-looking frames cost as much as one huge image.
+    """
     width, height = image.size
     if width * height > max_pixels:
-        image.close()
         raise Rejected(
             f"decompression bomb refused: {width}x{height} is {width * height:,} pixels, "
             f"the limit is {max_pixels:,}"
         )
-    return image
+    frames = _frame_count(image, fmt)
+    total = frames * width * height
+    if total > max_pixels:
+        raise Rejected(
+            f"decompression bomb refused: animated {FORMAT_LABELS[fmt]} of {frames:,} frames "
+            f"of {width}x{height} is {total:,} pixels in all (every frame counts), "
+            f"the limit is {max_pixels:,}"
+        )
 
 
 def _orientation(image: Image.Image) -> int:

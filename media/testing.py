@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterator, Sequence
 
 from PIL import Image
 
@@ -148,3 +149,44 @@ def rgb_icc_profile(
         + b"\0" * 48
     )
     return header + struct.pack(">I", len(tags)) + table + data
+
+
+# --- animations ------------------------------------------------------------------
+
+
+def animation(fmt: str, colours: Sequence[str], size: tuple[int, int] = (64, 48)) -> bytes:
+    """An animated GIF, PNG (APNG) or WebP with one plain frame per colour, in order."""
+    frames = [Image.new("RGB", size, colour) for colour in colours]
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    return encode(
+        frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **params
+    )
+
+
+def many_frames(fmt: str, frames: int, size: tuple[int, int] = (1000, 1000)) -> bytes:
+    """An animation of ``frames`` frames of ``size`` pixels in a file of a few KB.
+
+    Each frame differs from the one before in one pixel, so the encoder stores
+    it as a tiny sub-rectangle; a decoder still paints every frame on the full
+    canvas. Each frame alone can be far under a pixel limit that all together
+    exceed (the animated decompression bomb).
+    """
+    params: dict = {"save_all": True, "duration": 40}
+    if fmt == "WEBP":  # WebP takes no palette: frames are made one at a time
+        sequence = _one_pixel_changes("RGB", frames, size)
+        params.update(lossless=True, method=0, append_images=sequence)
+    else:  # APNG needs a list; a palette keeps it to one byte per pixel
+        sequence = list(_one_pixel_changes("P", frames, size))
+        params.update(append_images=sequence[1:])
+    return encode(next(iter(sequence)), fmt, **params)
+
+
+def _one_pixel_changes(mode: str, frames: int, size: tuple[int, int]) -> Iterator[Image.Image]:
+    base = Image.new(mode, size, 0)
+    if mode == "P":
+        base.putpalette([255, 255, 255, 255, 0, 0])
+    marker = 1 if mode == "P" else (255, 0, 0)
+    for index in range(frames):
+        frame = base.copy()
+        frame.putpixel((index % size[0], index // size[0] % size[1]), marker)
+        yield frame

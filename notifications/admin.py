@@ -13,10 +13,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
-from . import services
+from . import services, suppression
 from .addresses import EmailInputError, clean_subject, parse_audience
 from .composing import compile_campaign_template
-from .models import Campaign, Delivery, Notification, Unsubscribe
+from .models import Campaign, Delivery, Notification, Suppression, SuppressionRemoval
 
 Status = Delivery.Status
 
@@ -275,8 +275,46 @@ class NotificationAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(Unsubscribe)
-class UnsubscribeAdmin(admin.ModelAdmin):
-    list_display = ("email", "campaign", "created_at")
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """Who campaigns skip and why; deleting an entry (resubscribing) is audited."""
+
+    list_display = ("email", "reason", "short_detail", "campaign", "created_at")
+    list_filter = ("reason",)
+    search_fields = ("email", "detail")
+    list_select_related = ("campaign",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Suppression._meta.fields]
+
+    # Entries come from unsubscribes, bounces and import_bounces, with their evidence.
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="detail")
+    def short_detail(self, entry):
+        return entry.detail[:120]
+
+    def delete_model(self, request, obj):
+        suppression.remove(Suppression.objects.filter(pk=obj.pk), removed_by=request.user)
+
+    def delete_queryset(self, request, queryset):
+        suppression.remove(queryset, removed_by=request.user)
+
+
+@admin.register(SuppressionRemoval)
+class SuppressionRemovalAdmin(admin.ModelAdmin):
+    """The audit trail of removals: read-only."""
+
+    list_display = ("email", "reason", "removed_by", "removed_at", "suppressed_at")
+    list_filter = ("reason",)
     search_fields = ("email",)
-    readonly_fields = ("created_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in SuppressionRemoval._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

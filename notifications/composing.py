@@ -149,14 +149,19 @@ class Outgoing:
             data = self.django_message().message().as_bytes(linesep="\r\n")
         return data
 
+    def envelope(self) -> tuple[str, str, bytes]:
+        """(MAIL FROM, RCPT TO, the message) as SMTP takes them."""
+        recipient = self.address if self.address.isascii() else _sanitised(self.address)
+        return _from_header(), recipient, self.as_bytes()
+
     def send(self, connection) -> None:
         """Send over an open Django email backend; SMTP errors are smtplib's, as raised."""
         smtp = getattr(connection, "connection", None)
         if isinstance(connection, SMTPBackend) and smtp is not None:
             # The bytes straight to smtplib: what Django's backend does after
             # building the message, without building it through the email package.
-            envelope_to = self.address if self.address.isascii() else _sanitised(self.address)
-            smtp.sendmail(_from_header(), [envelope_to], self.as_bytes())
+            sender, recipient, data = self.envelope()
+            smtp.sendmail(sender, [recipient], data)
         else:  # console, file, locmem and third-party backends take Django messages
             connection.send_messages([self.django_message(connection)])
 

@@ -82,3 +82,41 @@ def claim_lease_seconds() -> int:
     """
     timeout = getattr(settings, "EMAIL_TIMEOUT", None) or 30
     return max(300, 10 * int(timeout))
+
+
+# SMTP connections each worker process keeps open to the relay. Against a relay
+# 50 ms away one connection sends about 20 mails a second (one round trip per
+# mail, pipelined); the email queue runs 2 to 8 processes (the queue table), so 8
+# per process covers the round trip up to the CPU's limit (B2: about 500/s here).
+# Relays limit concurrent connections per account: processes x this stays below it.
+DEFAULT_SMTP_CONNECTIONS = 8
+MAX_SMTP_CONNECTIONS = 64
+# Relays close a session that stayed quiet (often after 30 to 300 s); one idle
+# longer than this is reopened before use instead of failing on the first command.
+DEFAULT_SMTP_IDLE_SECONDS = 20
+
+
+def _bounded_int(name: str, default: int, low: int, high: int) -> int:
+    raw = _value(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ImproperlyConfigured(f"{name} must be {low}..{high}, got {value}")
+    return value
+
+
+def smtp_connections() -> int:
+    return _bounded_int("EMAIL_SMTP_CONNECTIONS", DEFAULT_SMTP_CONNECTIONS, 1, MAX_SMTP_CONNECTIONS)
+
+
+def smtp_idle_seconds() -> int:
+    return _bounded_int("EMAIL_SMTP_IDLE_SECONDS", DEFAULT_SMTP_IDLE_SECONDS, 1, 3600)
+
+
+def rate_limit() -> str:
+    """``EMAIL_RATE_LIMIT`` as written (``14/s``, ``600/m``, ``50 per second``); empty: none."""
+    return _value("EMAIL_RATE_LIMIT") or ""

@@ -1,4 +1,4 @@
-"""Sending a batch of deliveries over one SMTP connection, each recipient once.
+"""Sending a batch of deliveries, each recipient once.
 
 The protocol, per batch (``claim_token`` is the batch task's id, which stays the
 same when the broker redelivers the message or Celery retries the task):
@@ -8,16 +8,21 @@ same when the broker redelivers the message or Celery retries the task):
    previous run of this task that died), or a claim whose lease lapsed (its
    task stopped renewing it: dead). Anything ``sent``, ``failed``,
    ``skipped`` or claimed by a live task is left alone. While sending, the
-   batch renews its claims (``claimed_at``) before a message whenever
-   ``FLUSH_SECONDS`` have passed, and drops any it no longer holds.
+   batch renews its claims (``claimed_at``) every ``FLUSH_SECONDS`` and drops
+   any it no longer holds before it is sent.
 2. Reconcile: claimed deliveries that a dead earlier run already sent (their
    key in ``sentlog``) are marked sent, not sent again.
-3. Send the rest on the one connection. When the server accepts a message its
-   key goes to ``sentlog`` at once; outcomes (``sent``; ``deferred`` for a 4xx
+3. Send the rest over the process's pooled SMTP connections, several at once
+   (``sending``, ``smtp``), each message after a token of ``EMAIL_RATE_LIMIT``
+   (``ratelimit``). When the server accepts a message its key goes to
+   ``sentlog`` at once; outcomes (``sent``; ``deferred`` for a 4xx
    answer, which the task retries later; ``failed`` with the server's reason
-   for 5xx) are committed to the database together, at the end of the batch
-   and every ``FLUSH_SECONDS``.
-4. If the connection breaks, the outcomes so far are committed, the unsent
+   for 5xx, and a 5xx to RCPT puts the address on the suppression list) are
+   committed to the database together, at the end of the batch and every
+   ``FLUSH_SECONDS``. A relay answering 421 backs that one connection off and
+   the message is tried again on it (``smtp``); a rate limit that gives no
+   token in time hands the unsent back (``postponed``) for a later task.
+4. If the relay stays away or refuses too long, the outcomes so far are committed, the unsent
    claims released, and the error goes up: the base task retries the batch,
    and only what was not sent goes again.
 
@@ -31,35 +36,26 @@ accepted and loses nothing that was claimed.
 from __future__ import annotations
 
 import logging
-import smtplib
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.core.mail import get_connection
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from taskcore.base import TransientError
 
-from . import conf, sentlog
-from .addresses import EmailInputError
+from . import conf, sentlog, suppression
 from .composing import MessageComposer
-from .models import Campaign, Delivery, Unsubscribe
+from .models import Campaign, Delivery, Suppression
+from .sending import BatchSender, Result, smtp_answer
+
+__all__ = ["BatchOutcome", "claim", "deliver_batch", "give_up", "release", "smtp_answer"]
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
 
-# Answers that concern this one message; the connection stays usable after them
-# (smtplib sends RSET before raising).
-PER_MESSAGE_ANSWERS = (
-    smtplib.SMTPRecipientsRefused,
-    smtplib.SMTPSenderRefused,
-    smtplib.SMTPDataError,
-)
 # Commit outcomes at least this often, so the admin's progress moves on a slow server.
 FLUSH_SECONDS = 2.0
 
@@ -73,6 +69,9 @@ class BatchOutcome:
     # Already finished, or claimed by another live task.
     not_claimed: int = 0
     last_deferral: str = ""
+    # Handed back unsent because EMAIL_RATE_LIMIT gave no token in time.
+    postponed: list[int] = field(default_factory=list)
+    retry_in: float = 0.0
 
     def summary(self) -> dict[str, int]:
         return {
@@ -81,26 +80,8 @@ class BatchOutcome:
             "failed": len(self.failed),
             "skipped": len(self.skipped),
             "not_claimed": self.not_claimed,
+            "postponed": len(self.postponed),
         }
-
-
-@dataclass
-class _Result:
-    delivery_id: int
-    status: str
-    code: int | None = None
-    error: str = ""
-
-
-def smtp_answer(exc: Exception) -> tuple[int, str]:
-    """The SMTP code and the server's text of a refusal, e.g. ``(550, "550 5.1.1 ...")``."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        code, text = next(iter(exc.recipients.values()))
-    else:
-        code, text = exc.smtp_code, exc.smtp_error
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return code, f"{code} {text}".strip()
 
 
 def claim(delivery_ids: list[int], claim_token: str) -> list[Delivery]:
@@ -136,7 +117,7 @@ def deliver_batch(delivery_ids: list[int], claim_token: str) -> BatchOutcome:
         logger.info(
             "%d delivery(ies) were sent by an earlier run: not sent again", len(sent_before)
         )
-        _commit([_Result(pk, Status.SENT, 250) for pk in sorted(sent_before)], claim_token, outcome)
+        _commit([Result(pk, Status.SENT, 250) for pk in sorted(sent_before)], claim_token, outcome)
     to_send = [d for d in deliveries if d.pk not in sent_before]
     if to_send:
         _send_claimed(to_send, claim_token, outcome)
@@ -145,75 +126,40 @@ def deliver_batch(delivery_ids: list[int], claim_token: str) -> BatchOutcome:
 
 
 def _send_claimed(deliveries: list[Delivery], claim_token: str, outcome: BatchOutcome) -> None:
-    unsubscribed = Unsubscribe.among(d.email for d in deliveries if d.campaign_id)
-    composer = MessageComposer()
-    pending = deque(deliveries)
-    results: list[_Result] = []
-    last_flush = time.monotonic()
+    suppressed = Suppression.among(d.email for d in deliveries if d.campaign_id)
+    sender = BatchSender(deliveries, MessageComposer(), suppressed)
     try:
-        connection = get_connection(fail_silently=False)
-        connection.open()
-        try:
-            while pending:
-                if time.monotonic() - last_flush > FLUSH_SECONDS:
-                    # Before the next message, never after: a claim that lapsed
-                    # while we were stuck may be someone else's now.
-                    _commit(results, claim_token, outcome)
-                    pending = _renew(pending, claim_token)
-                    last_flush = time.monotonic()
-                    if not pending:
-                        break
-                delivery = pending[0]
-                result = _send_one(delivery, connection, composer, unsubscribed)
-                results.append(result)
-                pending.popleft()
-                if result.status == Status.SENT:
-                    sentlog.note_sent(delivery.pk)
-        finally:
-            _close_quietly(connection)
-        _commit(results, claim_token, outcome)
+        sender.start()
+        while not sender.wait(FLUSH_SECONDS):
+            # Every FLUSH_SECONDS: outcomes so far to the database, claims renewed,
+            # and what is no longer ours (a lapsed claim taken over) not sent.
+            _commit(sender.take_results(), claim_token, outcome)
+            sender.keep_only(_renew(sender.pending_ids(), claim_token))
+        if sender.error is not None:
+            raise sender.error
+        _commit(sender.take_results(), claim_token, outcome)
+        if sender.postponed is not None:
+            outcome.postponed = sender.pending_ids()
+            outcome.retry_in = sender.postponed.retry_in
+            release(outcome.postponed, claim_token)
     except BaseException as exc:
-        # The connection, Redis or the database failed, or the soft time limit
-        # came: keep what is known, hand back what is unsent, let the task retry.
+        # The relay, Redis or the database failed, or the soft time limit came:
+        # keep what is known, hand back what is unsent, let the task retry.
         try:
-            _commit(results, claim_token, outcome)
-            release([d.pk for d in pending], claim_token)
+            sender.stop()
+            _commit(sender.take_results(), claim_token, outcome)
+            release(sender.pending_ids(), claim_token)
         except Exception:
             logger.exception("could not record the batch's outcomes; the next run will")
         if isinstance(exc, SoftTimeLimitExceeded):
             raise TransientError(
-                f"soft time limit reached with {len(pending)} of {len(deliveries)} recipients "
-                "left unsent; they are retried"
+                f"soft time limit reached with {len(sender.pending_ids())} of "
+                f"{len(deliveries)} recipients left unsent; they are retried"
             ) from None
         raise
 
 
-def _send_one(delivery, connection, composer, unsubscribed) -> _Result:
-    if delivery.campaign_id and delivery.email in unsubscribed:
-        return _Result(delivery.pk, Status.SKIPPED, error="unsubscribed")
-    try:
-        composer.compose(delivery).send(connection)
-    except EmailInputError as exc:
-        return _Result(delivery.pk, Status.FAILED, error=str(exc))
-    except PER_MESSAGE_ANSWERS as exc:
-        code, answer = smtp_answer(exc)
-        status = Status.DEFERRED if 400 <= code < 500 else Status.FAILED
-        return _Result(delivery.pk, status, code, answer)
-    except (ValueError, smtplib.SMTPNotSupportedError) as exc:
-        # Refused by Django or smtplib while building the message: nothing went out.
-        return _Result(delivery.pk, Status.FAILED, error=f"message not sendable: {exc}")
-    return _Result(delivery.pk, Status.SENT, 250)
-
-
-def _close_quietly(connection) -> None:
-    # Every outcome is known by now; a failing QUIT changes nothing.
-    try:
-        connection.close()
-    except (smtplib.SMTPException, OSError) as exc:
-        logger.debug("closing the SMTP connection failed: %s", exc)
-
-
-def _commit(results: list[_Result], claim_token: str, outcome: BatchOutcome) -> None:
+def _commit(results: list[Result], claim_token: str, outcome: BatchOutcome) -> None:
     """Write outcomes in one transaction: all ``sent`` in one UPDATE, the rest one by one."""
     if not results:
         return
@@ -233,6 +179,11 @@ def _commit(results: list[_Result], claim_token: str, outcome: BatchOutcome) -> 
                 error=result.error[:2000],
                 updated_at=now,
             )
+    bounces = {
+        r.delivery_id: r.error for r in others if r.hard_bounce and r.status == Status.FAILED
+    }
+    if bounces:
+        _suppress_hard_bounces(bounces)
     sentlog.forget(sent)
     for result in results:
         getattr(outcome, result.status).append(result.delivery_id)
@@ -241,19 +192,30 @@ def _commit(results: list[_Result], claim_token: str, outcome: BatchOutcome) -> 
     results.clear()
 
 
-def _renew(pending: deque, claim_token: str) -> deque:
-    """Extend our claims on the unsent deliveries; keep only those still ours."""
+def _suppress_hard_bounces(answers: dict[int, str]) -> None:
+    refused = Delivery.objects.filter(pk__in=list(answers)).values_list(
+        "pk", "email", "campaign_id"
+    )
+    suppression.record_hard_bounces(
+        {email: (answers[pk], campaign_id) for pk, email, campaign_id in refused}
+    )
+
+
+def _renew(pending_ids: list[int], claim_token: str) -> set[int]:
+    """Extend our claims on the unsent deliveries; return those still ours."""
     now = timezone.now()
-    ids = [d.pk for d in pending]
-    ours = Delivery.objects.filter(pk__in=ids, status=Status.SENDING, claimed_by=claim_token)
+    ours = Delivery.objects.filter(
+        pk__in=pending_ids, status=Status.SENDING, claimed_by=claim_token
+    )
     renewed = ours.update(claimed_at=now, updated_at=now)
-    if renewed == len(ids):
-        return pending
+    if renewed == len(pending_ids):
+        return set(pending_ids)
     still_ours = set(ours.values_list("pk", flat=True))
     logger.warning(
-        "%d claim(s) lapsed and were taken over; not sending them", len(ids) - len(still_ours)
+        "%d claim(s) lapsed and were taken over; not sending them",
+        len(pending_ids) - len(still_ours),
     )
-    return deque(d for d in pending if d.pk in still_ours)
+    return still_ours
 
 
 def release(delivery_ids: list[int], claim_token: str) -> None:

@@ -88,7 +88,7 @@ class Delivery(models.Model):
         DEFERRED = "deferred", "deferred (server said: try later)"
         SENT = "sent", "sent"
         FAILED = "failed", "failed"
-        SKIPPED = "skipped", "skipped (unsubscribed)"
+        SKIPPED = "skipped", "skipped (suppressed)"
 
     # Waiting for a batch task; a campaign is done when none of its deliveries is.
     PENDING = (Status.QUEUED, Status.SENDING, Status.DEFERRED)
@@ -140,16 +140,30 @@ class Delivery(models.Model):
         return f"{self.email} ({self.status})"
 
 
-class Unsubscribe(models.Model):
-    """An address that asked for no more bulk mail; campaigns skip it."""
+class Suppression(models.Model):
+    """An address campaigns never send to again, and why.
+
+    Written when someone unsubscribes, when a relay refuses the address for good
+    (a 5xx answer to RCPT: a hard bounce), and by ``import_bounces`` from a
+    provider's bounce list. Transactional notifications (a password reset) are
+    not held back by it. Removing an entry leaves a ``SuppressionRemoval``.
+    """
+
+    class Reason(models.TextChoices):
+        UNSUBSCRIBED = "unsubscribed", "unsubscribed"
+        HARD_BOUNCE = "hard_bounce", "hard bounce (refused by the receiving server)"
+        IMPORTED = "imported", "imported from a provider's bounce list"
 
     email = models.CharField(max_length=254, unique=True)
+    reason = models.CharField(max_length=20, choices=Reason.choices, default=Reason.UNSUBSCRIBED)
+    # The server's answer, the import file and line, ...: what a person checks before removing.
+    detail = models.TextField(blank=True)
     campaign = models.ForeignKey(
         Campaign,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
-        help_text="The campaign whose link was used.",
+        help_text="The campaign whose link was used or whose mail bounced.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -157,14 +171,33 @@ class Unsubscribe(models.Model):
         ordering = ("-created_at",)
 
     def __str__(self) -> str:
-        return self.email
+        return f"{self.email} ({self.reason})"
 
     @classmethod
-    def among(cls, emails) -> set[str]:
-        """The unsubscribed addresses among ``emails``."""
-        emails, found = list(emails), set()
+    def among(cls, emails) -> dict[str, str]:
+        """The suppressed addresses among ``emails``, each with its reason."""
+        emails, found = list(emails), {}
         # In chunks: databases limit the parameters of one query (SQLite 32,766).
         for start in range(0, len(emails), 1_000):
             chunk = emails[start : start + 1_000]
-            found.update(cls.objects.filter(email__in=chunk).values_list("email", flat=True))
+            found.update(cls.objects.filter(email__in=chunk).values_list("email", "reason"))
         return found
+
+
+class SuppressionRemoval(models.Model):
+    """The audit of a suppression entry removed: who, when, and what it said."""
+
+    email = models.CharField(max_length=254, db_index=True)
+    reason = models.CharField(max_length=20)
+    detail = models.TextField(blank=True)
+    suppressed_at = models.DateTimeField()
+    removed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    removed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-removed_at",)
+
+    def __str__(self) -> str:
+        return f"{self.email} removed {self.removed_at:%Y-%m-%d %H:%M}"

@@ -37,7 +37,7 @@ from .addresses import (
     parse_recipients,
 )
 from .composing import compile_campaign_templates, read_unsubscribe_token, render_notification
-from .models import Campaign, Delivery, Notification, Unsubscribe
+from .models import Campaign, Delivery, Notification, Suppression
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
@@ -154,13 +154,14 @@ def start_campaign(campaign_id: int) -> int:
         # Back to draft with the reason, so the admin can fix it and send again.
         Campaign.objects.filter(pk=campaign_id).update(status=Campaign.Status.DRAFT, error=str(exc))
         raise
-    unsubscribed = Unsubscribe.among(r.email for r in recipients)
+    suppressed = Suppression.among(r.email for r in recipients)
     with transaction.atomic():
         deliveries = []
         for recipient in recipients:
             delivery = _new_delivery(recipient, campaign=campaign)
-            if recipient.email in unsubscribed:
-                delivery.status, delivery.error = Status.SKIPPED, "unsubscribed"
+            if recipient.email in suppressed:
+                delivery.status = Status.SKIPPED
+                delivery.error = f"suppressed: {suppressed[recipient.email]}"
             deliveries.append(delivery)
         Delivery.objects.bulk_create(deliveries, batch_size=1_000, ignore_conflicts=True)
         Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.QUEUED).update(
@@ -171,7 +172,7 @@ def start_campaign(campaign_id: int) -> int:
     if not batches:
         from .delivery import finish_campaigns
 
-        finish_campaigns([campaign_id])  # everyone unsubscribed, or a rerun after the end
+        finish_campaigns([campaign_id])  # everyone suppressed, or a rerun after the end
     return batches
 
 
@@ -287,11 +288,11 @@ def email_for_unsubscribe_token(token: str) -> str:
     return read_unsubscribe_token(token)[0]
 
 
-def unsubscribe(token: str) -> Unsubscribe:
-    """Record the token's address as unsubscribed (idempotent)."""
+def unsubscribe(token: str) -> Suppression:
+    """Put the token's address on the suppression list as unsubscribed (idempotent)."""
     email, campaign_id = read_unsubscribe_token(token)
     campaign = Campaign.objects.filter(pk=campaign_id).first()
-    record, _created = Unsubscribe.objects.get_or_create(
-        email=email, defaults={"campaign": campaign}
+    record, _created = Suppression.objects.get_or_create(
+        email=email, defaults={"campaign": campaign, "reason": Suppression.Reason.UNSUBSCRIBED}
     )
     return record

@@ -44,7 +44,7 @@ SEND_DELIVERY_BATCH = "notifications.tasks.send_delivery_batch"
 
 @shared_task(bind=True, name=SEND_DELIVERY_BATCH)
 def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
-    """Send up to EMAIL_BATCH_SIZE deliveries over one SMTP connection.
+    """Send up to EMAIL_BATCH_SIZE deliveries over the process's pooled SMTP connections.
 
     Recipients the server deferred (4xx) are retried by this same task, with the
     queue's backoff, for them alone; after the queue's ``max_retries`` they fail
@@ -52,6 +52,10 @@ def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
     """
     delivery_ids = _delivery_ids(delivery_ids)
     outcome = delivery.deliver_batch(delivery_ids, claim_token=self.request.id)
+    if outcome.postponed:
+        # EMAIL_RATE_LIMIT had no token for us: a new task sends the rest later,
+        # this slot goes to other work, and the wait counts as no retry.
+        send_delivery_batch.apply_async([outcome.postponed], countdown=outcome.retry_in)
     if outcome.deferred:
         if self.request.retries < self.max_retries:
             reason = TransientError(

@@ -236,7 +236,7 @@ def _model_source(export: ExportRequest, chunk_size: int):
     queryset = queryset.order_by("pk")
     total = queryset.count()
     if export.format == ExportRequest.Format.CSV:
-        # The database renders text; Python moves strings (see reports.sqltext).
+        # The database renders dates and numbers as text (see reports.sqltext).
         annotations, names, kinds = sqltext.csv_columns(model, fields, connection.vendor)
         queryset = queryset.annotate(**annotations)
     else:

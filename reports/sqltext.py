@@ -3,28 +3,26 @@
 Building a datetime or a Decimal object per value and turning it back into text
 costs more than everything else in a CSV export (profiled: about 60% of the
 time on SQLite, the datetime loader alone 40% on PostgreSQL). For CSV the
-database renders each value as the text Python would have written, and
-neutralises formulas in SQL, so rows go from the cursor to ``csv.writer``
-untouched:
+database renders each value as the text Python would have written, so those
+values go from the cursor to ``csv.writer`` untouched:
 
-- text (Char, Text, Email...): ``CASE WHEN <first char> IN (= + - @ tab CR) THEN
-  '''' || col ELSE col END``, as ``writers.neutralise_formula`` writes it;
 - boolean: ``'True'`` / ``'False'``; date and time: ``CAST(col AS text)``, as ``str()``;
 - datetime (USE_TZ): SQLite the stored text plus ``+00:00``, PostgreSQL ``to_char``
   in UTC: both exactly ``str(aware UTC datetime)``;
 - decimal: SQLite ``printf('%.Nf')``, PostgreSQL ``col::text``: ``str(Decimal)``;
 - integer, float: the value itself.
 
-Anything else (UUID, JSON, custom fields, datetimes and decimals on other
-databases) is fetched as Python values and handled by ``writers.CsvSink``.
+Anything else is fetched as Python values and handled by ``writers.CsvSink``:
+text columns (strings already; their formulas are neutralised there, by the one
+rule ``writers.is_risky``, which SQL cannot express portably), UUID, JSON,
+custom fields, and datetimes and decimals on other databases.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db.models import Case, F, Func, TextField, Value, When
-from django.db.models.functions import Cast, Concat, Left
-from django.db.models.lookups import In
+from django.db.models.functions import Cast
 
 from . import writers
 
@@ -76,21 +74,10 @@ class DecimalText(Func):
 _FAST_VENDORS = frozenset({"sqlite", "postgresql"})
 
 
-def neutralised_text(column: str):
-    risky = Concat(Value("'"), F(column), output_field=TextField())
-    return Case(
-        When(In(Left(F(column), 1), list(writers.FORMULA_PREFIXES)), then=risky),
-        default=F(column),
-        output_field=TextField(),
-    )
-
-
 def text_expression(field, vendor: str):
     """The SQL rendering of one column, or None to fetch the Python value."""
     kind = writers.kind_of_field(field)
     column = field.attname
-    if kind == writers.TEXT:
-        return neutralised_text(column)
     if kind == writers.BOOLEAN:
         return Case(
             When(**{column: True}, then=Value("True")),

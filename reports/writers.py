@@ -5,15 +5,17 @@ current chunk in memory: CSV goes straight to the file, XLSX through XlsxWriter
 in ``constant_memory`` mode (each row is flushed to a temporary file as soon as
 the next one starts).
 
-Formula injection: a text cell starting with ``=``, ``+``, ``-``, ``@``, tab or
-carriage return could be run as a formula by a spreadsheet program.
+Formula injection (OWASP "CSV Injection"): a text cell that a spreadsheet
+program could take for a formula is *risky*; ``is_risky`` is the one rule, used
+by both writers (see its docstring for the characters).
 
-- CSV has no cell types, so such a value is written with a leading ``'``: the
+- CSV has no cell types, so a risky value is written with a leading ``'``: the
   program shows the text and runs nothing (OWASP's recommendation).
 - XLSX cells are typed: every text value is written as a string cell (never
   through ``write()``, which turns ``=...`` into a formula), and a risky one
-  also gets Excel's *quote prefix* style, so it stays text even when a user
-  edits the cell. The value itself is unchanged.
+  also gets Excel's *quote prefix* style (what Excel stores when a user types a
+  leading ``'``), so it stays text even when a user edits the cell. The value
+  itself is unchanged.
 
 Numbers, booleans and dates are never text, so ``-5`` stays a number.
 """
@@ -24,6 +26,7 @@ import csv
 import datetime as dt
 import decimal
 import json
+import unicodedata
 import uuid
 from collections.abc import Sequence
 
@@ -31,8 +34,15 @@ import xlsxwriter
 from django.db import models
 from django.utils import timezone
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-_RISKY_FIRST = frozenset(FORMULA_PREFIXES)
+# OWASP CSV Injection's list of characters no cell may begin with: the formula
+# signs, and tab, carriage return and line feed (a program may drop them while
+# parsing and then see what follows). NUL is added from OWASP ASVS 5.0 V1.2.10.
+FORMULA_SIGNS = frozenset("=+-@")
+RISKY_FIRST_CONTROLS = frozenset("\t\r\n\x00")
+# Characters a spreadsheet program (or a reader's eye) may pass over before a
+# formula sign: whitespace of any script, control and invisible format
+# characters (zero-width space, byte order mark, direction marks).
+_SKIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 # Excel's limits: rows per sheet (the header takes one), characters per cell.
 XLSX_MAX_ROWS = 1_048_576
@@ -57,16 +67,49 @@ TEXT, JSON, INTEGER, FLOAT, DECIMAL, BOOLEAN, DATETIME, DATE, TIME, OTHER = (
 RENDERED = "rendered"
 # Kinds whose values need no formula check: never strings, or already checked.
 _NEVER_TEXT = frozenset({INTEGER, FLOAT, DECIMAL, BOOLEAN, DATETIME, DATE, TIME, RENDERED})
+# Python values that are numbers or dates, not text: their ``str()`` is not user input.
+_NEVER_FORMULAS = (int, float, decimal.Decimal, dt.date, dt.time, dt.timedelta, uuid.UUID)
 
 
 def neutralise_formula(value) -> str:
-    """Text for a CSV cell: ``None`` is empty, risky text gets a leading quote."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    """Text for a CSV cell: ``None`` is empty, risky text gets a leading quote.
+
+    A real number or date is never text, so it is never changed: ``-5`` stays
+    ``-5`` and a spreadsheet reads it as the number it is.
+    """
+    if value is None:
+        return ""
+    text = str(value)
+    if isinstance(value, _NEVER_FORMULAS):
+        return text
+    return "'" + text if is_risky(text) else text
 
 
 def is_risky(text: str) -> bool:
-    return text[:1] in _RISKY_FIRST
+    """Whether a spreadsheet program could read ``text`` as a formula.
+
+    Risky: text whose first character is tab, CR, LF or NUL, or whose first
+    character that is not whitespace, control or format character is a formula
+    sign: ``=``, ``+``, ``-``, ``@``, or a character that NFKC folds to one
+    (full-width U+FF1D U+FF0B U+FF0D U+FF20, small and superscript forms), which
+    East Asian input methods and normalising importers turn into the ASCII sign.
+    So ``" =1+1"``, ``"\\x00=cmd"``, ``"\\n@SUM"`` and ``"\\uff1d1+1"`` are risky;
+    ``"a=1"`` and ``"  spaces"`` are not.
+    """
+    first = text[:1]
+    if not first or first.isalnum():  # almost every cell: decided by one character
+        return False
+    if first in RISKY_FIRST_CONTROLS:
+        return True
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in _SKIPPED_CATEGORIES:
+            continue
+        return _is_formula_sign(char)
+    return False
+
+
+def _is_formula_sign(char: str) -> bool:
+    return char in FORMULA_SIGNS or unicodedata.normalize("NFKC", char)[:1] in FORMULA_SIGNS
 
 
 def kind_of_field(field) -> str:
@@ -111,7 +154,7 @@ class CsvSink:
         if not self._checked_columns:
             self._writer.writerows(rows)
             return
-        json_columns, checked, risky = self._json_columns, self._checked_columns, _RISKY_FIRST
+        json_columns, checked = self._json_columns, self._checked_columns
         cleaned = []
         for row in rows:
             row = list(row)
@@ -119,9 +162,8 @@ class CsvSink:
                 if row[i] is not None:
                     row[i] = _json_text(row[i])
             for i in checked:
-                value = row[i]
-                if value.__class__ is str and value[:1] in risky:
-                    row[i] = "'" + value
+                if row[i] is not None:
+                    row[i] = neutralise_formula(row[i])
             cleaned.append(row)
         self._writer.writerows(cleaned)
 
@@ -181,7 +223,7 @@ class XlsxSink:
         def text(row, col, value):
             if value.__class__ is not str:
                 value = _json_text(value) if isinstance(value, dict | list) else str(value)
-            if value[:1] in _RISKY_FIRST:
+            if is_risky(value):
                 write_string(row, col, value, quoted)
             else:
                 write_string(row, col, value)

@@ -59,7 +59,9 @@ def _has_token(request) -> bool:
     if not token:
         return False
     header = request.headers.get("Authorization", "")
-    return header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token)
+    # Bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 403).
+    sent = header[7:].strip().encode()
+    return header.startswith("Bearer ") and hmac.compare_digest(sent, token.encode())
 
 
 def _may_see_details(request) -> bool:

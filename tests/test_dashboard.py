@@ -102,6 +102,10 @@ def test_json_reports_queues_with_the_health_checks_statuses(client, staff):
 @pytest.mark.django_db(transaction=True)
 def test_collector_samples_and_throughput_counted_in_workers(start_worker, clean_broker):
     start_worker(["default", "maintenance"], concurrency=2)
+    # The collector task, run by a real worker on the maintenance queue: the first sample.
+    from dashboard.tasks import collect_sample
+
+    assert collect_sample.apply_async(queue="maintenance").get(timeout=30)["queues"] == 5
     for _ in range(3):
         health_check_task.apply_async(queue="media")
     results = [health_check_task.apply_async(queue="default") for _ in range(5)]
@@ -111,29 +115,73 @@ def test_collector_samples_and_throughput_counted_in_workers(start_worker, clean
     wait_for(lambda: DeadLetter.objects.filter(exception_message__contains="counted").exists())
 
     # The counters are read from complete 10 s buckets: read as if one had passed.
-    rates = wait_for(
-        lambda: (
-            stats.read(clean_broker, QUEUES, now=time.time() + stats.BUCKET_SECONDS)["default"]
-            if stats.read(clean_broker, QUEUES, now=time.time() + 10)["default"]["failed_per_min"]
-            else None
-        ),
-        timeout=10,
-    )
+    # Each pool process flushes its own batch: wait for both processes' batches.
+    def counted():
+        rates = stats.read(clean_broker, QUEUES, now=time.time() + stats.BUCKET_SECONDS)
+        default = rates["default"]
+        done = default["failed_per_min"] and default["succeeded_per_min"] >= 5
+        return default if done else None
+
+    rates = wait_for(counted, timeout=10)
     assert rates["succeeded_per_min"] == 5
     assert rates["failed_per_min"] == 1
     assert rates["runtimes_counted"] == 5
     assert 0 < rates["runtime_p50_s"] <= rates["runtime_p95_s"]
 
-    # The collector task, run by a real worker on the maintenance queue.
-    from dashboard.tasks import collect_sample
-
-    assert collect_sample.apply_async(queue="maintenance").get(timeout=30)["queues"] == 5
+    # The second sample counts what finished since the first, from the same totals
+    # /metrics serves (the collector's own run on maintenance included).
     samples.collect_sample()
     series = samples.series(clean_broker, "hour")
     assert len(series["t"]) == 2
-    assert series["queues"]["media"]["depth"] == [3, 3]
-    # The day range keeps one sample a minute.
-    assert len(samples.series(clean_broker, "day")["t"]) == 1
+    assert series["queues"]["media"]["depth"] == [0, 3]
+    assert series["queues"]["default"]["throughput"] == [0, 5]
+    assert series["queues"]["default"]["failed"] == [0, 1]
+
+
+def minute_start() -> float:
+    return (time.time() // 60 - 2) * 60  # two minutes ago, on a bucket boundary
+
+
+def sample(t: float, depth: int, done: int, age: float | None = None) -> dict:
+    return {"t": t, "q": {"media": {"depth": depth, "age": age, "done": done, "fails": 0}}}
+
+
+def test_a_burst_keeps_its_peak_and_its_sum_in_the_day_buckets(clean_broker):
+    """Depth and age keep the bucket's maximum, throughput its sum: a 10 s burst shows."""
+    start = minute_start()
+    for offset, depth, done, age in [
+        (0, 0, 100, None),
+        (10, 500, 100, 9.5),  # the burst waits ...
+        (20, 0, 600, None),  # ... and is done 10 s later
+        (30, 0, 600, None),
+        (40, 0, 600, None),
+        (50, 0, 600, None),
+        (60, 2, 601, 1.0),  # the next minute
+    ]:
+        samples.store(clean_broker, sample(start + offset, depth, done, age))
+    now = start + 61
+
+    hour = samples.series(clean_broker, "hour", now=now)
+    media = hour["queues"]["media"]
+    assert hour["bucket_seconds"] is None  # every sample: full resolution
+    assert media["depth"] == [0, 500, 0, 0, 0, 0, 2]
+    assert media["throughput"] == [0, 0, 500, 0, 0, 0, 1]
+
+    day = samples.series(clean_broker, "day", now=now)
+    media = day["queues"]["media"]
+    assert day["bucket_seconds"] == 60
+    assert day["t"] == [start, start + 60]
+    assert media["depth"] == [500, 2]
+    assert media["age"] == [9.5, 1.0]
+    assert media["throughput"] == [500, 1]
+
+
+def test_throughput_after_a_counter_reset_counts_from_zero(clean_broker):
+    start = minute_start()
+    samples.store(clean_broker, sample(start, 0, 1000))
+    samples.store(clean_broker, sample(start + 10, 0, 7))  # state Redis flushed, 7 since
+    series = samples.series(clean_broker, "hour", now=start + 11)
+    assert series["queues"]["media"]["throughput"] == [0, 7]
 
 
 def test_samples_are_trimmed_to_their_range(clean_broker):
@@ -228,3 +276,60 @@ def test_one_broken_part_does_not_blank_the_page(client, staff, monkeypatch):
     data = client.get(DATA).json()
     assert data["errors"] == {"beat": "RuntimeError: beat tables locked"}
     assert len(data["queues"]) == 5
+
+
+@pytest.mark.django_db
+def test_beat_entries_read_like_a_schedule_and_next_runs_lie_ahead():
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    now = timezone.now()
+    every_10s = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)
+    # The database's last run trails beat's memory by minutes (the scheduler saves it
+    # every few minutes): the next run still lies ahead, on the interval's beat.
+    PeriodicTask.objects.create(
+        name="stale interval",
+        task="maintenance.tasks.health_check_task",
+        interval=every_10s,
+        last_run_at=now - timedelta(seconds=125),
+    )
+    nightly = CrontabSchedule.objects.create(minute="30", hour="3", day_of_week="1-5")
+    PeriodicTask.objects.create(
+        name="weekday nights",
+        task="maintenance.tasks.health_check_task",
+        crontab=nightly,
+        last_run_at=now - timedelta(days=30),  # long missed: beat runs it at its next tick
+    )
+    rows = {row["name"]: row for row in services.beat_entries()}
+
+    stale = rows["stale interval"]
+    assert stale["schedule"] == "every 10 seconds"
+    next_run = timezone.datetime.fromisoformat(stale["next_run_at"])
+    assert now < next_run <= timezone.now() + timedelta(seconds=10)
+    assert (next_run - (now - timedelta(seconds=125))).total_seconds() % 10 == pytest.approx(0)
+
+    weekday = rows["weekday nights"]
+    assert weekday["schedule"] == (
+        "At 03:30 AM, only on Monday, Tuesday, Wednesday, Thursday, and Friday UTC"
+    )
+    next_run = timezone.datetime.fromisoformat(weekday["next_run_at"])
+    assert next_run > now
+    assert (next_run.hour, next_run.minute) == (3, 30)  # the project's time zone is UTC
+
+
+def test_uplot_is_the_pinned_file_from_the_npm_registry():
+    """The chart library is vendored, unchanged, with its licence (no CDN, no build step)."""
+    import hashlib
+    from pathlib import Path
+
+    vendor = Path(__file__).resolve().parent.parent / "dashboard/static/dashboard/vendor/uplot"
+    expected = {
+        "uPlot.iife.min.js": "19c8d4c6ad88929a79f4ae49d6f7161566dfd0ba3d15cc495e974f787eb78f1f",
+        "uPlot.min.css": "df630c6a8d6f8eeaff264b50f73ce5b114f646ffd9a0bb74f049b0a00135fa04",
+    }
+    for name, digest in expected.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    assert "MIT License" in (vendor / "LICENSE").read_text()
+    assert "uplot@1.6.32" in (vendor / "README.md").read_text()

@@ -199,3 +199,126 @@ def test_dashboard_follows_a_backlog_a_worker_a_dead_letter_and_an_action(
     row.locator('button[data-action="shutdown"]').click()
     page.wait_for_timeout(500)
     assert not OperatorAction.objects.filter(action="shutdown").exists()
+
+
+def chart_column(page, metric, queue):
+    """The values uPlot draws for ``queue`` in the ``metric`` chart (its own data, not ours)."""
+    index = QUEUES.index(queue) + 1  # column 0 is time
+    return page.evaluate(f"() => window.opsCharts['{metric}'].data[{index}]")
+
+
+def wait_for_refreshes(page, count=2):
+    seen = refreshes(page)
+    page.wait_for_function(
+        f"() => +document.querySelector('#updated').dataset.refreshes >= {seen + count}"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_shows_in_the_hour_and_the_day_chart(
+    browser, live_server, django_user_model, http_cookies, start_worker, test_work_dir, empty_queues
+):
+    """500 tasks wait, then a worker runs them: both charts show the peak and the sum.
+
+    The collector runs here as beat would run it (``collect_sample()``), once with
+    the burst waiting and once after it ran.
+    """
+    import time
+
+    from dashboard import samples, stats
+    from taskcore.health import metrics
+    from taskcore.testing.waiting import wait_for
+
+    make_staff(django_user_model, "operator", "view_operations_dashboard")
+    state = stats.stats_redis()
+
+    def collect(minutes_ago: float):
+        # Recorded as if taken earlier, so the three samples lie apart on the time axis
+        # and in three one-minute buckets; what they read is read now.
+        samples.store(state, samples.take_sample(now=time.time() - 60 * minutes_ago))
+
+    collect(20)  # before: nothing waits
+    for _ in range(500):
+        health_check_task.apply_async(queue="media")
+    collect(10)  # the burst waits
+    start_worker(["media"], concurrency=2)
+    wait_for(
+        lambda: metrics.outcome_totals(state).get("media", {}).get("succeeded", 0) >= 500,
+        timeout=120,
+        interval=0.5,
+    )
+    collect(0)  # after: the burst ran
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    log_in(page, live_server, "operator")
+    sync_api.expect(page.locator("#updated")).not_to_have_attribute("data-refreshes", "0")
+
+    # Hour: every sample, as uPlot holds it.
+    assert chart_column(page, "depth", "media") == [0, 500, 0]
+    assert chart_column(page, "throughput", "media") == [0, 0, 500]
+    # Hover: the legend shows the value under the cursor.
+    x = page.evaluate(
+        "() => { const u = window.opsCharts.depth; const r = u.over.getBoundingClientRect();"
+        " return [r.left + u.valToPos(u.data[0][1], 'x'), r.top + r.height / 2]; }"
+    )
+    page.mouse.move(*x)
+    media_value = page.locator("#chart-depth .u-legend .u-series").nth(QUEUES.index("media") + 1)
+    sync_api.expect(media_value.locator(".u-value")).to_have_text("500")
+    page.locator(".ops-charts").screenshot(path=str(test_work_dir / "dashboard-chart-hour.png"))
+    # The legend toggles a queue's line (uPlot's own legend).
+    page.locator("#chart-depth .u-legend .u-series").nth(1).click()
+    assert page.evaluate("() => window.opsCharts.depth.series[1].show") is False
+    page.locator("#chart-depth .u-legend .u-series").nth(1).click()
+    assert page.evaluate("() => window.opsCharts.depth.series[1].show") is True
+
+    # Day: one-minute buckets keep the peak (depth) and the sum (throughput).
+    page.click('.ops-range button[data-range="day"]')
+    sync_api.expect(page.locator("#series-note")).to_contain_text("one-minute buckets")
+    assert chart_column(page, "depth", "media") == [0, 500, 0]
+    assert chart_column(page, "throughput", "media") == [0, 0, 500]
+    sync_api.expect(page.locator("#series-note")).to_contain_text("one-minute buckets")
+    page.locator(".ops-charts").screenshot(path=str(test_work_dir / "dashboard-chart-day.png"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_phone_width_and_dark_mode(
+    browser, live_server, django_user_model, http_cookies, test_work_dir, empty_queues
+):
+    """At 412 px nothing widens the page (tables scroll in their box); dark mode reads dark."""
+    from dashboard import samples
+
+    make_staff(django_user_model, "operator", "view_operations_dashboard", "control_workers")
+    for _ in range(3):
+        health_check_task.apply_async(queue="media")  # a critical banner, a long detail
+    samples.collect_sample()
+
+    phone = browser.new_page(viewport={"width": 412, "height": 915}, device_scale_factor=1)
+    log_in(phone, live_server, "operator")
+    sync_api.expect(phone.locator("#updated")).not_to_have_attribute("data-refreshes", "0")
+    wait_for_refreshes(phone, 1)
+    widths = phone.evaluate(
+        "() => [document.documentElement.scrollWidth, document.body.scrollWidth,"
+        " document.querySelector('#queues').scrollWidth]"
+    )
+    assert widths[0] <= 412 and widths[1] <= 412, widths
+    assert widths[2] > 412  # the queue table is wider: it scrolls inside its own box
+    phone.screenshot(path=str(test_work_dir / "dashboard-phone.png"), full_page=True)
+
+    dark = browser.new_page(viewport={"width": 1200, "height": 1400}, color_scheme="dark")
+    log_in(dark, live_server, "operator")
+    sync_api.expect(dark.locator("#banner")).to_have_attribute("data-status", "critical")
+    colours = dark.evaluate(
+        "() => { const b = getComputedStyle(document.querySelector('#banner'));"
+        " const body = getComputedStyle(document.body);"
+        " return [b.color, body.backgroundColor]; }"
+    )
+
+    def luminance(css: str) -> float:
+        inside = css[css.index("(") + 1 : css.index(")")]
+        red, green, blue = (float(part) for part in inside.split(",")[:3])
+        return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+    text, background = colours
+    assert luminance(background) < 0.3, colours  # the admin's dark theme
+    assert luminance(text) > 0.6, colours  # the banner's text is light on it
+    dark.screenshot(path=str(test_work_dir / "dashboard-dark.png"), full_page=True)

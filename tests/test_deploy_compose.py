@@ -120,20 +120,36 @@ def test_compose_file_validates_against_the_compose_spec_schema():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _compose_plugin() -> list[str] | None:
-    for command in (["docker", "compose"], ["docker-compose"]):
-        if (
-            shutil.which(command[0])
-            and subprocess.run([*command, "version"], capture_output=True).returncode == 0
-        ):
-            return command
-    return None
+def preflight_compose(path: str | None = None) -> subprocess.CompletedProcess:
+    """``deploy/preflight.py compose``: which Compose is here, and can it read the file."""
+    env = dict(os.environ)
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run(
+        [sys.executable, str(DEPLOY_DIR / "preflight.py"), "compose"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _usable_compose() -> list[str] | None:
+    """The Compose the pre-flight accepts (v2.20+), or None: an old one is not a failure."""
+    found = preflight_compose()
+    if found.returncode != 0:
+        return None
+    return (
+        ["docker", "compose"]
+        if found.stdout.startswith("ok: docker compose")
+        else ["docker-compose"]
+    )
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path):
-    command = _compose_plugin()
+    command = _usable_compose()
     if command is None:
-        pytest.skip("no docker compose plugin here (validated against the schema instead)")
+        pytest.skip("no Docker Compose 2.20+ here (validated against the schema instead)")
     env_file = tmp_path / ".env"
     env_file.write_text((DEPLOY_DIR / "env.example").read_text())
     base = [*command, "-f", str(COMPOSE_FILE), "--env-file", str(env_file)]
@@ -144,6 +160,41 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
             text=True,
         )
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("program", "answer", "usable"),
+    [
+        ("docker-compose", "1.29.2", False),  # Debian bookworm's docker-compose package
+        ("docker-compose", "2.19.1", False),  # before depends_on.required
+        ("docker-compose", "2.20.0", True),  # the standalone v2 binary is fine
+    ],
+)
+def test_compose_preflight_names_the_version_it_needs(tmp_path, program, answer, usable):
+    """Instead of Compose v1's schema error, the pre-flight says what to install.
+
+    The stand-in answers ``version --short`` as that release does; the real ones run
+    in test_docker_compose_config_accepts_the_file where installed.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / program
+    stub.write_text(f'#!/bin/sh\n[ "$1 $2" = "version --short" ] && echo {answer}\n')
+    stub.chmod(0o755)
+    found = preflight_compose(path=str(bin_dir))
+    assert (found.returncode == 0) is usable, found.stdout + found.stderr
+    if usable:
+        assert found.stdout.startswith(f"ok: docker-compose {answer}")
+    else:
+        assert f"found docker-compose {answer}" in found.stderr
+        assert "needs Docker Compose 2.20.0 or later" in found.stderr
+        assert "docs/deployment.md" in found.stderr
+
+
+def test_compose_preflight_without_any_compose(tmp_path):
+    found = preflight_compose(path=str(tmp_path))
+    assert found.returncode == 1
+    assert "no Docker Compose found" in found.stderr
 
 
 def test_every_required_variable_is_in_env_example():

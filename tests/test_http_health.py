@@ -160,6 +160,7 @@ def test_metrics_need_the_token(client, settings, django_user_model):
     assert not settings.DEBUG
     assert client.get("/metrics").status_code == 403
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wröng").status_code == 403
     # A browser session is not a token (the probe middleware serves /metrics before sessions).
     client.force_login(django_user_model.objects.create_superuser("root", password="x"))
     assert client.get("/metrics").status_code == 403

@@ -28,6 +28,10 @@ def _base_images() -> dict[str, bytes]:
         "picture.png": testing.encode(picture.convert("RGBA"), "PNG", exif=exif),
         "picture.webp": testing.encode(picture, "WEBP", exif=exif),
         "logo.gif": testing.encode(palette, "GIF", transparency=0),
+        # Animations: damaged frame headers reach the frame count (n_frames) too.
+        "animated.gif": testing.animation("GIF", ["red", "lime", "blue"], (48, 32)),
+        "animated.png": testing.animation("PNG", ["red", "lime", "blue"], (48, 32)),
+        "animated.webp": testing.animation("WEBP", ["red", "lime", "blue"], (48, 32)),
     }
 
 

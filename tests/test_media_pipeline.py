@@ -192,8 +192,44 @@ def _truncated_jpeg() -> bytes:
     return data[: len(data) * 6 // 10]
 
 
+# 1000x1000 frames: one frame is a fiftieth of the default pixel limit; 51 exceed it.
+BOMB_FRAMES, BOMB_SIDE = 51, 1000
+
+
+def _animated_bomb(fmt: str):
+    def make() -> bytes:
+        frame = BOMB_SIDE * BOMB_SIDE
+        assert frame < conf.max_pixels() < BOMB_FRAMES * frame  # what the case is about
+        return testing.many_frames(fmt, BOMB_FRAMES, (BOMB_SIDE, BOMB_SIDE))
+
+    return make
+
+
+def _animated_bomb_reason(label: str) -> str:
+    return (
+        f"decompression bomb refused: animated {label} of {BOMB_FRAMES} frames of "
+        f"{BOMB_SIDE}x{BOMB_SIDE} is {BOMB_FRAMES * BOMB_SIDE**2:,} pixels in all "
+        "(every frame counts)"
+    )
+
+
 REJECTIONS = {
     "decompression bomb": (testing.decompression_bomb_png, "huge.png", "decompression bomb"),
+    "animated GIF over the pixel budget": (
+        _animated_bomb("GIF"),
+        "party.gif",
+        _animated_bomb_reason("GIF"),
+    ),
+    "animated PNG over the pixel budget": (
+        _animated_bomb("PNG"),
+        "party.png",
+        _animated_bomb_reason("PNG"),
+    ),
+    "animated WebP over the pixel budget": (
+        _animated_bomb("WEBP"),
+        "party.webp",
+        _animated_bomb_reason("WebP"),
+    ),
     "truncated JPEG": (_truncated_jpeg, "cut.jpg", "truncated or corrupt JPEG"),
     "PNG named .jpg": (
         lambda: testing.encode(testing.halves((64, 64)), "PNG"),
@@ -253,6 +289,23 @@ def test_bad_files_are_rejected_with_a_reason_no_retry_and_nothing_on_disk(
     assert item.file.name == ""
     assert files_of(item, media_root) == []
     assert not Rendition.objects.filter(upload=item).exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("GIF", "wave.gif"), ("PNG", "wave.png"), ("WEBP", "wave.webp")]
+)
+def test_an_animated_image_within_the_budget_is_rendered_from_its_first_frame(
+    fmt, name, media_worker, media_root, app
+):
+    item = upload(testing.animation(fmt, ["red", "lime", "blue"], size=(320, 240)), name)
+
+    assert finished(item, app)["status"] == "ready", item.reason
+    assert (item.width, item.height, item.detected_format) == (320, 240, fmt)
+    images = rendition_images(item, media_root)
+    assert len(images) == 3
+    for rendition, (image, _) in images.items():
+        assert getattr(image, "n_frames", 1) == 1, rendition  # a still picture
+        assert is_red(image.convert("RGB").getpixel((5, 5))), rendition  # the first frame
 
 
 def _snapshot(item: Upload, media_root: Path) -> dict[str, str]:

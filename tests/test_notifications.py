@@ -22,7 +22,7 @@ from django.utils import timezone
 from admin_backend import queues
 from notifications import delivery, services
 from notifications.addresses import EmailInputError
-from notifications.models import Campaign, Delivery, Notification, Unsubscribe
+from notifications.models import Campaign, Delivery, Notification, Suppression
 from notifications.tasks import send_email_message
 from taskcore.testing import waiting
 from taskcore.testing.redis_server import free_port
@@ -297,7 +297,7 @@ def test_451_recipients_are_retried_and_delivered_550_fail_with_the_servers_reas
 def test_campaign_mail_has_list_unsubscribe_and_the_link_unsubscribes(
     start_worker, mail_server, client
 ):
-    Unsubscribe.objects.create(email="gone@example.org")
+    Suppression.objects.create(email="gone@example.org")
     start_worker(["email"], env=mail_server.worker_env)
 
     campaign = send_and_wait(
@@ -321,7 +321,7 @@ def test_campaign_mail_has_list_unsubscribe_and_the_link_unsubscribes(
         }
     )
     skipped = campaign.deliveries.get(email="gone@example.org")
-    assert (skipped.status, skipped.error) == (Status.SKIPPED, "unsubscribed")
+    assert (skipped.status, skipped.error) == (Status.SKIPPED, "suppressed: unsubscribed")
     by_recipient = {m["To"].addresses[0].addr_spec: m for m in mail_server.messages}
     eve = by_recipient["eve@example.org"]
     zoe = by_recipient["zoe@example.org"]
@@ -342,11 +342,11 @@ def test_campaign_mail_has_list_unsubscribe_and_the_link_unsubscribes(
 
     page = client.get(path)  # a link checker opening it unsubscribes no one
     assert page.status_code == 200 and b"Unsubscribe ann@example.org?" in page.content
-    assert not Unsubscribe.objects.filter(email="ann@example.org").exists()
+    assert not Suppression.objects.filter(email="ann@example.org").exists()
     # RFC 8058 one-click: a POST without a browser session or CSRF token.
     done = client.post(path, {"List-Unsubscribe": "One-Click"})
     assert done.status_code == 200 and b"You are unsubscribed" in done.content
-    assert Unsubscribe.objects.get(email="ann@example.org").campaign == campaign
+    assert Suppression.objects.get(email="ann@example.org").campaign == campaign
     forged = client.post(path[:-3] + "xx/")
     assert forged.status_code == 400 and b"not valid" in forged.content
 
@@ -388,9 +388,9 @@ def test_a_batch_that_lost_its_lapsed_claims_does_not_send_them():
     Delivery.objects.filter(pk=records[1].pk).update(claimed_at=lapsed)
     assert [d.pk for d in delivery.claim([records[1].pk], "other-task")] == [records[1].pk]
 
-    still_mine = delivery._renew(mine, "slow-task")
+    still_mine = delivery._renew([d.pk for d in mine], "slow-task")
 
-    assert [d.pk for d in still_mine] == [records[0].pk]
+    assert still_mine == {records[0].pk}
     assert Delivery.objects.get(pk=records[0].pk).claimed_at > lapsed
 
 
@@ -491,6 +491,15 @@ def test_admin_creates_sends_shows_progress_and_resends_the_failed(
     detail = admin_client.get(f"{LIST_URL}{campaign.pk}/change/").content.decode()
     assert "2 sent, 1 failed of 3" in detail
     assert 'name="audience"' not in detail  # read-only once sent
+
+    # The 550 to RCPT was a hard bounce: cy is suppressed until someone removes it.
+    bounce = Suppression.objects.get(email="cy@example.org")
+    assert (bounce.reason, bounce.detail) == ("hard_bounce", "550 5.7.1 Policy rejection")
+    admin_client.post(
+        "/admin/notifications/suppression/",
+        {"action": "delete_selected", "_selected_action": [bounce.pk], "post": "yes"},
+    )
+    assert not Suppression.objects.exists()
 
     resent = admin_client.post(
         LIST_URL,

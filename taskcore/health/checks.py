@@ -273,7 +273,11 @@ def _queue_result(
         waiting += f", {depth.scheduled} scheduled" + (
             f" (most overdue {human_age(overdue)})" if overdue and overdue >= 1 else ""
         )
-    who = "consumers unknown" if consumers is None else f"{len(consumers)} consumers"
+    who = (
+        "consumers unknown"
+        if consumers is None
+        else f"{len(consumers)} consumer{'' if len(consumers) == 1 else 's'}"
+    )
     detail = f"{waiting}; {who}"
     start_one = (
         f"start a worker consuming {spec.name} "

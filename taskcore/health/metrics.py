@@ -70,6 +70,18 @@ class ReportCollector:
             ["queue"],
         )
         consumers = _gauge("queue_consumers", "Workers consuming the queue", ["queue"])
+        # The queue table's thresholds, so alert rules compare with them instead of
+        # repeating them (deploy/prometheus/alerts.yml).
+        age_limit = _gauge(
+            "queue_oldest_message_age_threshold_seconds",
+            "Oldest-message age at which the queue's health check warns / fails",
+            ["queue", "severity"],
+        )
+        depth_limit = _gauge(
+            "queue_depth_threshold",
+            "Queue depth at which the queue's health check warns / fails",
+            ["queue", "severity"],
+        )
         for result in report.results:
             if not result.name.startswith("queue.") or "depth" not in result.data:
                 continue
@@ -78,7 +90,13 @@ class ReportCollector:
             age.add_metric([queue], result.data.get("oldest_age_s") or 0)
             if result.data.get("consumers") is not None:
                 consumers.add_metric([queue], result.data["consumers"])
-        yield from (depth, age, consumers)
+            thresholds = result.data.get("thresholds") or {}
+            for severity in ("warning", "critical"):
+                if thresholds.get(f"age_{severity}_s") is not None:
+                    age_limit.add_metric([queue, severity], thresholds[f"age_{severity}_s"])
+                if thresholds.get(f"depth_{severity}") is not None:
+                    depth_limit.add_metric([queue, severity], thresholds[f"depth_{severity}"])
+        yield from (depth, age, consumers, age_limit, depth_limit)
 
         workers = report.get("workers")
         if workers and "count" in workers.data:
@@ -91,10 +109,12 @@ class ReportCollector:
                 yield family
 
         beat = report.get("beat")
+        # Declared even without a heartbeat (beat never ran): no sample, but the
+        # family exists for rules and dashboards (the beat check's status fails then).
+        family = _gauge("beat_heartbeat_age_seconds", "Seconds since beat's last heartbeat")
         if beat and beat.data.get("age_s") is not None:
-            family = _gauge("beat_heartbeat_age_seconds", "Seconds since beat's last heartbeat")
             family.add_metric([], beat.data["age_s"])
-            yield family
+        yield family
 
         dead = report.get("dead_letters")
         if dead and dead.data.get("available"):
@@ -181,6 +201,21 @@ def task_metrics_redis():
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def outcome_totals(client) -> dict[str, dict[str, int]]:
+    """Per queue, the workers' running total of each outcome (summed over task names).
+
+    The dashboard's throughput charts are differences of these: the counters
+    /metrics serves, not a second count.
+    """
+    totals: dict[str, dict[str, int]] = {}
+    for field, value in (client.hgetall(TASKS_KEY) or {}).items():
+        parts = _text(field).split(SEPARATOR)
+        if len(parts) == 3 and parts[2] in OUTCOMES:
+            queue = totals.setdefault(parts[1], dict.fromkeys(OUTCOMES, 0))
+            queue[parts[2]] += int(value)
+    return totals
 
 
 class TaskCollector:

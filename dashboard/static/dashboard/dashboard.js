@@ -1,4 +1,5 @@
-/* Operations dashboard: polls the JSON endpoint and renders it; no library, no build step.
+/* Operations dashboard: polls the JSON endpoint and renders it; no build step.
+ * Charts: uPlot (vendor/uplot, pinned; time axis, values on hover, legend toggles).
  * Every value from the server goes through textContent (never innerHTML).
  */
 (function () {
@@ -6,7 +7,10 @@
   var root = document.getElementById("ops");
   if (!root) { return; }
   var COLORS = { "default": "#1f77b4", email: "#ff7f0e", media: "#d62728", reports: "#2ca02c", maintenance: "#9467bd" };
-  var SVG = "http://www.w3.org/2000/svg";
+  var CHARTS = [["depth", "chart-depth"], ["age", "chart-age"], ["throughput", "chart-throughput"]];
+  var charts = {};  // metric -> uPlot instance (window.opsCharts: for tests and the console)
+  var current = null;  // the series shown
+  window.opsCharts = charts;
   var pollMs = Math.max(500, parseFloat(root.dataset.pollSeconds || "3") * 1000);
   var canControl = root.dataset.canControl === "1";
   var canReplay = root.dataset.canReplay === "1";
@@ -36,6 +40,11 @@
     if (!iso) { return "–"; }
     var seconds = (Date.now() - Date.parse(iso)) / 1000;
     return seconds >= 0 ? age(seconds) + " ago" : "in " + age(-seconds);
+  }
+  function until(iso) {
+    if (!iso) { return "–"; }
+    var seconds = (Date.parse(iso) - Date.now()) / 1000;
+    return seconds > 1 ? "in " + age(seconds) : "due now";
   }
   function secs(value) { return value === null || value === undefined ? "–" : (value < 1 ? (value * 1000).toFixed(0) + " ms" : value.toFixed(2) + " s"); }
   function kb(value) { return value ? (value / 1024).toFixed(0) + " MiB" : "–"; }
@@ -82,8 +91,11 @@
     });
   }
 
-  function actionButton(label, action, worker, queue) {
-    var button = el("button", { type: "button", text: label, "data-action": action, "data-worker": worker });
+  // Destructive actions (they stop work) look it: .ops-danger, and say what they do.
+  var DESTRUCTIVE = { shutdown: true, cancel_consumer: true };
+  function actionButton(label, action, worker, queue, title) {
+    var button = el("button", { type: "button", text: label, "data-action": action, "data-worker": worker, title: title,
+      className: DESTRUCTIVE[action] ? "ops-danger" : "" });
     if (queue) { button.setAttribute("data-queue", queue); }
     return button;
   }
@@ -104,10 +116,14 @@
       if (canControl) {
         var cell = el("td");
         if (w.answering) {
-          cell.appendChild(actionButton("Grow pool", "pool_grow", w.worker));
-          cell.appendChild(actionButton("Shrink pool", "pool_shrink", w.worker));
-          (w.queues || []).forEach(function (queue) { cell.appendChild(actionButton("Stop " + queue, "cancel_consumer", w.worker, queue)); });
-          cell.appendChild(actionButton("Shut down", "shutdown", w.worker));
+          cell.appendChild(actionButton("Grow pool", "pool_grow", w.worker, "", "Add one pool process"));
+          cell.appendChild(actionButton("Shrink pool", "pool_shrink", w.worker, "", "Remove one pool process"));
+          (w.queues || []).forEach(function (queue) {
+            cell.appendChild(actionButton("Stop consuming " + queue, "cancel_consumer", w.worker, queue,
+              "This worker stops taking " + queue + " messages; they wait for other workers"));
+          });
+          cell.appendChild(actionButton("Shut down worker", "shutdown", w.worker, "",
+            "Warm shutdown: running tasks finish, then the worker exits (its supervisor may restart it)"));
         }
         row.appendChild(cell);
       }
@@ -130,7 +146,7 @@
           if (!window.confirm("Replay " + g.count + " × " + g.task_name + " (" + g.exception_type + ")? The tasks are sent again.")) { return; }
           button.disabled = true;
           post(root.dataset.replayUrl, { task_name: g.task_name, exception_type: g.exception_type, confirm: true })
-            .then(function (answer) { flash(answer); refresh(); });
+            .then(function (answer) { flash(answer, "Replay " + g.task_name + " (" + g.exception_type + ")"); refresh(); });
         });
         row.appendChild(el("td", {}, [button]));
       }
@@ -175,7 +191,7 @@
     entries.forEach(function (e) {
       body.appendChild(el("tr", { "data-entry": e.name }, [
         td(e.name), td(e.task), td(e.schedule), td(e.queue || "(routed)"), td(e.enabled ? "yes" : "no"),
-        td(ago(e.last_run_at)), td(e.enabled ? ago(e.next_run_at) : "disabled"), td(e.total_run_count, "num")
+        td(ago(e.last_run_at)), td(e.enabled ? until(e.next_run_at) : "disabled"), td(e.total_run_count, "num")
       ]));
     });
     if (!entries.length) { body.appendChild(el("tr", {}, [td("No periodic tasks.")])); }
@@ -198,63 +214,72 @@
     });
   }
 
-  function chart(svg, series, metric) {
-    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
-    var W = 420, H = 160, L = 40, B = 18, T = 8;
-    var end = series.now, start = end - series.seconds;
-    var max = 0;
-    Object.keys(series.queues).forEach(function (name) {
-      series.queues[name][metric].forEach(function (v) { if (v !== null && v > max) { max = v; } });
-    });
-    max = max > 0 ? max * 1.1 : 1;
-    function x(t) { return L + ((t - start) / (end - start)) * (W - L - 4); }
-    function y(v) { return T + (1 - v / max) * (H - T - B); }
-    function text(tx, ty, value, anchor) {
-      var node = document.createElementNS(SVG, "text");
-      node.setAttribute("x", tx); node.setAttribute("y", ty);
-      if (anchor) { node.setAttribute("text-anchor", anchor); }
-      node.textContent = value;
-      svg.appendChild(node);
-    }
-    var axis = document.createElementNS(SVG, "path");
-    axis.setAttribute("d", "M" + L + " " + T + " V" + (H - B) + " H" + (W - 4));
-    axis.setAttribute("stroke", "#999"); axis.setAttribute("fill", "none");
-    svg.appendChild(axis);
-    text(L - 4, T + 8, max >= 10 ? Math.round(max).toLocaleString("en") : max.toFixed(1), "end");
-    text(L - 4, H - B, "0", "end");
-    text(L, H - 4, series.range === "day" ? "-24 h" : "-60 min");
-    text(W - 4, H - 4, "now", "end");
-    Object.keys(series.queues).forEach(function (name) {
-      var values = series.queues[name][metric], d = "", pen = "M";
-      values.forEach(function (v, i) {
-        if (v === null || v === undefined) { pen = "M"; return; }
-        d += pen + x(series.t[i]).toFixed(1) + " " + y(v).toFixed(1) + " ";
-        pen = "L";
-      });
-      if (!d) { return; }
-      var path = document.createElementNS(SVG, "path");
-      path.setAttribute("d", d); path.setAttribute("fill", "none");
-      path.setAttribute("stroke", COLORS[name] || "#333"); path.setAttribute("stroke-width", "1.5");
-      path.setAttribute("data-queue", name);
-      svg.appendChild(path);
-    });
+  function cssVar(name, fallback) {
+    var value = getComputedStyle(root).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+  function number(value) {
+    if (value === null || value === undefined) { return "–"; }
+    return value >= 100 ? Math.round(value).toLocaleString("en") : String(Math.round(value * 10) / 10);
+  }
+  function chartData(series, metric) {
+    var names = Object.keys(series.queues);
+    return [series.t].concat(names.map(function (name) { return series.queues[name][metric]; }));
+  }
+  function chartWidth(box) { return Math.max(200, Math.floor(box.getBoundingClientRect().width)); }
+  function makeChart(box, series, metric) {
+    var quiet = cssVar("--body-quiet-color", "#666"), hairline = cssVar("--hairline-color", "#ddd");
+    var axis = { stroke: quiet, grid: { stroke: hairline, width: 1 }, ticks: { stroke: hairline, width: 1 } };
+    var options = {
+      width: chartWidth(box),
+      height: 180,
+      // The whole range is shown even while the samples cover part of it.
+      scales: {
+        x: { time: true, range: function () { return [current.now - current.seconds, current.now]; } },
+        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } }
+      },
+      axes: [axis, Object.assign({ size: 48, values: function (u, ticks) { return ticks.map(number); } }, axis)],
+      cursor: { points: { size: 6 } },
+      series: [{ label: "time" }].concat(Object.keys(series.queues).map(function (name) {
+        return {
+          label: name, stroke: COLORS[name] || "#333", width: 1.5,
+          value: function (u, value) { return metric === "age" && value !== null && value !== undefined ? age(value) : number(value); }
+        };
+      }))
+    };
+    return new window.uPlot(options, chartData(series, metric), box);
   }
 
   function renderSeries(series) {
-    if (!series) { return; }
-    chart($("#chart-depth"), series, "depth");
-    chart($("#chart-age"), series, "age");
-    chart($("#chart-throughput"), series, "throughput");
+    if (!series || !window.uPlot) { return; }
+    current = series;
+    CHARTS.forEach(function (pair) {
+      var metric = pair[0], box = document.getElementById(pair[1]);
+      if (!charts[metric]) { charts[metric] = makeChart(box, series, metric); }
+      else { charts[metric].setData(chartData(series, metric)); }
+      box.dataset.points = String(series.t.length);
+    });
+    $("#throughput-unit").textContent = series.bucket_seconds ? "per minute" : "per sample (about 10 s)";
     $("#series-note").textContent = series.t.length
-      ? series.t.length + " samples from the collector (dashboard.tasks.collect_sample)"
+      ? series.t.length + (series.bucket_seconds ? " one-minute buckets (depth and age: the highest of each minute; throughput: the sum)" : " samples, every one") + " from the collector (dashboard.tasks.collect_sample)"
       : "No samples yet: beat sends dashboard.tasks.collect_sample every 10 s to the maintenance queue.";
   }
 
-  function flash(answer) {
-    var box = $("#fetch-error");
-    box.textContent = answer.ok ? "" : (answer.outcome || "failed");
-    if (answer.ok) { $("#duration").textContent = "done: " + answer.outcome; }
+  window.addEventListener("resize", function () {
+    CHARTS.forEach(function (pair) {
+      var chart = charts[pair[0]];
+      if (chart) { chart.setSize({ width: chartWidth(document.getElementById(pair[1])), height: 180 }); }
+    });
+  });
+
+  // An action's answer stays until the operator dismisses it (refreshes do not touch it).
+  function flash(answer, what) {
+    var box = $("#action-result");
+    box.dataset.ok = answer.ok ? "1" : "0";
+    $(".ops-result-text", box).textContent = (what ? what + ": " : "") + (answer.ok ? "done: " : "failed: ") + (answer.outcome || "no answer");
+    box.hidden = false;
   }
+  $("#action-result button").addEventListener("click", function () { $("#action-result").hidden = true; });
 
   function render(data) {
     renderBanner(data.banner);
@@ -291,11 +316,11 @@
     var button = event.target.closest("button[data-action]");
     if (!button) { return; }
     var action = button.dataset.action, worker = button.dataset.worker, queue = button.dataset.queue || "";
-    var what = { pool_grow: "Add one pool process to", pool_shrink: "Remove one pool process from", shutdown: "Shut down (warm: running tasks finish)", cancel_consumer: "Stop consuming " + queue + " on" }[action];
+    var what = { pool_grow: "Add one pool process to", pool_shrink: "Remove one pool process from", shutdown: "Shut down (warm: running tasks finish)", cancel_consumer: "Stop consuming " + queue + " on", add_consumer: "Start consuming " + queue + " on" }[action];
     if (!window.confirm(what + " " + worker + "?")) { return; }
     button.disabled = true;
     post(root.dataset.actionUrl, { action: action, worker: worker, queue: queue, confirm: true })
-      .then(function (answer) { flash(answer); refresh(); });
+      .then(function (answer) { flash(answer, button.textContent + " " + worker); refresh(); });
   });
 
   document.querySelectorAll(".ops-range button").forEach(function (button) {
@@ -304,9 +329,6 @@
       document.querySelectorAll(".ops-range button").forEach(function (b) { b.classList.toggle("active", b === button); });
       refresh();
     });
-  });
-  document.querySelectorAll("#legend span").forEach(function (span) {
-    span.firstChild.style.background = COLORS[span.dataset.queue] || "#333";
   });
   refresh();
 })();
