@@ -501,6 +501,9 @@ CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", defa
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# A message that is not a valid task message becomes a dead letter (reason
+# "refused"); it never reaches, nor stops, the worker (taskcore/consumer.py).
+CELERY_WORKER_CONSUMER = "taskcore.consumer:GuardedConsumer"
 
 # JSON only: a pickle message is refused by the worker, never deserialised.
 CELERY_ACCEPT_CONTENT = ["json"]
