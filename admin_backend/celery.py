@@ -93,9 +93,13 @@ def adopt_process_role(role: str) -> None:
     signal, the beat program class above, Flower's configuration file); the settings
     are the same in every process.
     """
+    from django.conf import settings
     from django.db import connections
 
     _process["role"] = role
+    if role in ("worker", "beat"):
+        # Before their first broker connection: wait out outages, unlike a caller.
+        app.conf.update(settings.LONG_RUNNING_BROKER_OPTIONS)
     configure_logging()
     # Read at connect time: connections opened from now on carry the role.
     for alias in connections:

@@ -303,11 +303,23 @@ CELERY_VISIBILITY_TIMEOUT = env.int(
     )
     * 2,
 )
+# A caller (a web request, a management command) waits on the broker at most about
+# this long for a publish: two attempts (one retry, after a broken pooled
+# connection) of 40% of it each; then .delay() raises kombu's OperationalError and
+# send_after_commit leaves the row to the relay. Workers and beat wait out a short
+# outage instead (LONG_RUNNING_BROKER_OPTIONS, applied when they start).
+CELERY_CALLER_TIMEOUT = env.float("CELERY_CALLER_TIMEOUT", default=1.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
 _redis_transport_options = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "socket_keepalive": True,
-    "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=10.0),
-    "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
+    "socket_timeout": CELERY_CALLER_TIMEOUT / 2.5,
+    "socket_connect_timeout": CELERY_CALLER_TIMEOUT / 2.5,
     "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL,
     # Not redis-py's retry on timeout for the broker: after a Redis restart the
     # worker's event loop can wait on a pub/sub connection with nothing to read,
@@ -322,14 +334,9 @@ _redis_transport_options = {
 }
 _result_backend_transport_options = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
-    # Reconnect to the result backend for ~2 s, not Celery's ~20 s, before
-    # giving up: a web request must not hang on a Redis that is away.
-    "retry_policy": {
-        "max_retries": 3,
-        "interval_start": 0,
-        "interval_step": 0.5,
-        "interval_max": 1,
-    },
+    # A caller does not reconnect to a result backend that does not answer: .delay()
+    # raises at once (taskcore.base.TaskNotSent). Workers and beat: ~2 s of retries.
+    "retry_policy": {"max_retries": 0},
 }
 
 # Broker-specific options follow the URL's scheme (taskcore/brokers.py):
@@ -402,6 +409,28 @@ else:
         "replica_ack_timeout": env.int("CELERY_BROKER_REPLICA_ACK_TIMEOUT_MS", default=1000),
     }
 
+# Workers and beat: a broker that does not answer for a while is waited for (an
+# outage, a failover), publishes retried (Celery's default policy).
+LONG_RUNNING_BROKER_OPTIONS = {
+    "broker_transport_options": {
+        **CELERY_BROKER_TRANSPORT_OPTIONS,
+        **(
+            {
+                "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=10.0),
+                "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
+            }
+            if BROKER_KIND in (brokers.REDIS, brokers.SENTINEL)
+            else {}
+        ),
+    },
+    "task_publish_retry_policy": {
+        "max_retries": 3,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.2,
+    },
+}
+
 if brokers.broker_kind(CELERY_RESULT_BACKEND) == brokers.SENTINEL:
     CELERY_RESULT_BACKEND = brokers.with_password(CELERY_RESULT_BACKEND, REDIS_PASSWORD)
     if os.environ.get("CELERY_RESULT_BACKEND"):
@@ -429,9 +458,25 @@ WORKER_RESULT_BACKEND_RETRY = {
     "result_backend_max_sleep_between_retries_ms": 2000,
 }
 CELERY_REDIS_SOCKET_KEEPALIVE = True
-CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
-CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT
-CELERY_REDIS_RETRY_ON_TIMEOUT = True
+# .delay() subscribes to its result in the result backend: a caller waits on it no
+# longer than on the broker; workers and beat as long as on any Redis.
+CELERY_REDIS_SOCKET_TIMEOUT = CELERY_CALLER_TIMEOUT / 2.5
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = CELERY_CALLER_TIMEOUT / 2.5
+CELERY_REDIS_RETRY_ON_TIMEOUT = False
+LONG_RUNNING_BROKER_OPTIONS.update(
+    redis_socket_timeout=REDIS_SOCKET_TIMEOUT,
+    redis_socket_connect_timeout=REDIS_SOCKET_CONNECT_TIMEOUT,
+    redis_retry_on_timeout=True,
+    result_backend_transport_options={
+        **CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS,
+        "retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+    },
+)
 CELERY_REDIS_BACKEND_HEALTH_CHECK_INTERVAL = REDIS_HEALTH_CHECK_INTERVAL
 CELERY_REDIS_MAX_CONNECTIONS = REDIS_MAX_CONNECTIONS
 if CELERY_BROKER_URL.startswith("rediss://"):
@@ -456,6 +501,9 @@ CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", defa
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# A message that is not a valid task message becomes a dead letter (reason
+# "refused"); it never reaches, nor stops, the worker (taskcore/consumer.py).
+CELERY_WORKER_CONSUMER = "taskcore.consumer:GuardedConsumer"
 
 # JSON only: a pickle message is refused by the worker, never deserialised.
 CELERY_ACCEPT_CONTENT = ["json"]

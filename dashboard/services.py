@@ -67,6 +67,9 @@ def queue_rows(report, throughput: dict) -> list[dict]:
                 "remedy": result.remedy if result else "",
                 "depth": data.get("depth"),
                 "oldest_age_s": data.get("oldest_age_s"),
+                # Delayed messages parked until due, and how far past due the first is.
+                "scheduled": data.get("scheduled"),
+                "most_overdue_s": data.get("most_overdue_s"),
                 "consumers": data.get("consumers"),
                 "consumer_workers": data.get("consumer_workers") or [],
                 "thresholds": data.get("thresholds") or {},

@@ -14,3 +14,4 @@ class TaskcoreConfig(AppConfig):
         pipeline.install()
         lifecycle.subscribe_task_lines()
         pipeline.subscribe(deadletters.keep_failed_task, events=[pipeline.FAILED])
+        pipeline.subscribe(deadletters.keep_refused_message, events=[pipeline.REJECTED])

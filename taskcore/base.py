@@ -26,9 +26,11 @@ from django.db import InterfaceError, OperationalError
 from django.db.models import Model
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import pipeline
+from . import arguments, pipeline
+from .brokers import describe_connection_error
 
 
 class TransientError(Exception):
@@ -37,6 +39,14 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """Raise from a service when trying again can never succeed (bad input, corrupt file)."""
+
+
+class TaskNotSent(BrokerOperationalError):
+    """The broker or the result backend did not take the task in time: nothing was sent.
+
+    A kombu ``OperationalError`` (what Celery raises for a broker that is away), with
+    the cause in words; a caller waits about ``CELERY_CALLER_TIMEOUT`` before it.
+    """
 
 
 class RedeliveredTooOften(PermanentError):
@@ -95,12 +105,25 @@ class BaseTask(Task):
     def apply_async(self, args=None, kwargs=None, **options):
         reject_model_instances(args or ())
         reject_model_instances((kwargs or {}).values())
-        return super().apply_async(args, kwargs, **options)
+        args, kwargs = arguments.check_message(self, args, kwargs, options.get("queue"))
+        try:
+            return super().apply_async(args, kwargs, **options)
+        except (BrokerOperationalError, RedisError, OSError) as exc:
+            raise TaskNotSent(f"{self.name} not sent: {describe_connection_error(exc)}") from exc
+        except RuntimeError as exc:  # Celery's "Retry limit exceeded ... result store"
+            if "result store" not in str(exc):
+                raise
+            raise TaskNotSent(
+                f"{self.name} not sent: the result backend did not answer in time "
+                f"({describe_connection_error(exc.__context__ or exc)})"
+            ) from exc
 
     def __call__(self, *args, **kwargs):
         try:
             if not self.request.called_directly:
                 self._refuse_endless_redelivery()
+                # A message from elsewhere (send_task, a replay) gets the same check.
+                args, kwargs = arguments.checked(self, args, kwargs)
             return super().__call__(*args, **kwargs)
         except TaskPredicate:  # Retry, Ignore, Reject: Celery's own control flow
             raise

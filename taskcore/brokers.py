@@ -224,3 +224,33 @@ def declare_queues(app=None) -> list[str]:
             queue.bind(channel).declare()
             declared.append(queue.name)
     return declared
+
+
+_AUTHENTICATION_FAILURES = (
+    "NOAUTH",
+    "WRONGPASS",
+    "invalid password",
+    "HELLO must be called",
+    "Authentication required",
+    "ACCESS_REFUSED",
+    "AuthenticationError",
+)
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """A broker or Redis error in words an operator acts on; authentication named as such."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" ({type(cause).__name__}: {cause})"
+    if "maxmemory" in text:
+        return (
+            "Redis is out of memory (maxmemory reached; it refuses writes): free memory or "
+            f"raise maxmemory [{text}]"
+        )
+    if any(marker.lower() in text.lower() for marker in _AUTHENTICATION_FAILURES):
+        return (
+            "authentication failed: the server refused the password (or needs one); "
+            f"check REDIS_PASSWORD or the URL's password [{text}]"
+        )
+    return text

@@ -21,6 +21,16 @@ class ConfigProblem:
     remedy: str
 
 
+def parks_delayed_messages(broker_url: str) -> bool:
+    """Whether the URL's transport is ours, which keeps delayed messages until due."""
+    from kombu.transport import resolve_transport
+
+    try:
+        return resolve_transport(broker_url.split("://", 1)[0]).__module__.startswith("taskcore.")
+    except Exception:
+        return False
+
+
 def audit(conf) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     queues = queue_table()
@@ -43,7 +53,9 @@ def audit(conf) -> list[ConfigProblem]:
                 )
             )
         longest_delay = queues.longest_retry_delay()
-        if visibility_timeout <= longest_delay:
+        # Our transport parks delayed messages until due (taskcore.reliable_redis);
+        # kombu's hands them out at once, to be held past the visibility timeout.
+        if visibility_timeout <= longest_delay and not parks_delayed_messages(broker_url):
             problems.append(
                 ConfigProblem(
                     "visibility_vs_retry",

@@ -5,10 +5,18 @@ in the worker process that ran the task or, for a hard time limit or a lost
 child, in the worker's main process: whatever the cause (a permanent error,
 retries exhausted, a time limit, a message whose worker died on every delivery)
 the same path keeps it.
+
+A message that is not a valid task message is kept the same way (reason
+``refused``, the message as received in ``message``): from the pipeline's
+``REJECTED`` event (``taskcore.consumer``), or from the lists where the Redis
+transport sets aside what it could not hand out (``taskcore.reliable_redis``).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -18,8 +26,8 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import current_app
 from django.utils import timezone
 
-from . import pipeline
-from .redis_clients import state_redis
+from . import arguments, pipeline
+from .redis_clients import broker_redis, broker_url, is_redis_url, state_redis
 from .secrets import MASK, mask_text
 
 logger = logging.getLogger("celery.lifecycle.task")
@@ -126,11 +134,13 @@ def park_dead_letter(task_id: str, values: dict) -> None:
 def store_parked_dead_letters(limit: int = 1000) -> int:
     """Move parked dead letters into the database, oldest first; return how many.
 
+    Also the entries the Redis transport refused (:func:`store_refused_entries`).
+
     Each is removed from Redis only after its row is committed (storing is
     idempotent by task id), so a crash in between stores it twice, never zero times.
     """
+    stored = store_refused_entries(limit)
     client = state_redis()
-    stored = 0
     while stored < limit:
         raw = client.lindex(PARKED_KEY, -1)
         if raw is None:
@@ -148,29 +158,149 @@ def store_parked_dead_letters(limit: int = 1000) -> int:
 
 def keep_failed_task(failed: pipeline.TaskEvent) -> None:
     """The pipeline's FAILED subscriber: store the dead letter, or park it in Redis."""
-    values = dead_letter_values(failed)
+    _keep(failed.task_id, dead_letter_values(failed))
+
+
+def _keep(task_id: str, values: dict) -> None:
+    """Store a dead letter, or park it in Redis when the database is away."""
     try:
-        store_dead_letter(failed.task_id, values)
+        store_dead_letter(task_id, values)
         return
     except Exception:
         logger.error(
             "could not store dead letter for %s[%s] in the database; parking it in Redis",
-            failed.name,
-            failed.task_id,
+            values["task_name"],
+            task_id,
             exc_info=True,
         )
     try:
-        park_dead_letter(failed.task_id, values)
+        park_dead_letter(task_id, values)
     except Exception:
         # Database and Redis away: the log line below still holds everything needed.
         logger.critical(
-            "could not store or park dead letter for %s[%s] args=%r kwargs=%r",
-            failed.name,
-            failed.task_id,
+            "could not store or park dead letter for %s[%s] args=%.2000r kwargs=%.2000r",
+            values["task_name"],
+            task_id,
             values["args"],
             values["kwargs"],
             exc_info=True,
         )
+
+
+# --- refused messages -------------------------------------------------------------
+
+REFUSED_KEPT_CHARS = 65_536
+NOT_A_TASK = "(not a task message)"
+
+
+def _recover(raw: str) -> tuple[str, str | None, list | None, dict | None]:
+    """Task name, id, args and kwargs of a raw kombu message, as far as it holds them.
+
+    args/kwargs are None when the body is not ``[args, kwargs, options]``.
+    """
+    try:
+        envelope = json.loads(raw)
+    except ValueError:
+        return NOT_A_TASK, None, None, None
+    if not isinstance(envelope, dict):
+        return NOT_A_TASK, None, None, None
+    headers = envelope.get("headers") if isinstance(envelope.get("headers"), dict) else {}
+    name = headers.get("task") if isinstance(headers.get("task"), str) else NOT_A_TASK
+    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+    with contextlib.suppress(Exception):  # whatever is wrong with it, the raw text is kept
+        body = envelope["body"]
+        properties = envelope.get("properties") or {}
+        if properties.get("body_encoding") == "base64":
+            body = base64.b64decode(body, validate=True)
+        decoded = json.loads(body)
+        if isinstance(decoded[0], list) and isinstance(decoded[1], dict):
+            return name, task_id, decoded[0], decoded[1]
+    return name, task_id, None, None
+
+
+def refused_values(queue: str, reason: str, raw: str) -> tuple[str, dict]:
+    """(task id, stored fields) of a refused message; ``raw`` is the message as queued."""
+    name, task_id, args, kwargs = _recover(raw)
+    args, args_masked = mask_arguments(_jsonable(args or []))
+    kwargs, kwargs_masked = mask_arguments(_jsonable(kwargs or {}))
+    if not task_id:  # the same bytes refused twice in a queue: one record
+        digest = hashlib.sha256(f"{queue}\n{raw}".encode("utf-8", "replace")).hexdigest()
+        task_id = f"refused-{digest[:40]}"
+    return task_id[:255], {
+        "task_name": name[:255],
+        "queue": queue[:100],
+        "args": args,
+        "kwargs": kwargs,
+        "arguments_masked": args_masked or kwargs_masked,
+        "reason": "refused",
+        "exception_type": "RefusedMessage",
+        "exception_message": mask_text(reason)[:10_000],
+        "traceback": "",
+        "attempts": 1,
+        "hostname": "",
+        "message": mask_text(raw[:REFUSED_KEPT_CHARS]),
+    }
+
+
+def _message_text(message) -> str:
+    """A kombu message as it was queued (Redis), or its parts (other brokers)."""
+    raw = getattr(message, "_raw", None)
+    try:
+        if isinstance(raw, dict):
+            return json.dumps(raw)
+        body = message.body
+        return json.dumps(
+            {
+                "headers": message.headers,
+                "properties": message.properties,
+                "content-type": message.content_type,
+                "body": body.decode("utf-8", "replace") if isinstance(body, bytes) else body,
+            },
+            default=repr,
+        )
+    except Exception:
+        return repr(raw if raw is not None else message)[:REFUSED_KEPT_CHARS]
+
+
+def keep_refused_message(rejected: pipeline.TaskEvent) -> None:
+    """The pipeline's REJECTED subscriber: a refused message becomes a dead letter."""
+    detail = rejected.detail or {}
+    message = detail.get("message")
+    reason = str(rejected.exception or detail.get("reason") or "refused")
+    raw = _message_text(message) if message is not None else ""
+    task_id, values = refused_values(rejected.queue, reason, raw)
+    _keep(task_id, values)
+
+
+def store_refused_entries(limit: int = 1000) -> int:
+    """Store what the Redis transport set aside (``taskcore.refused.<queue>``); return how many.
+
+    As for parked letters, an entry leaves its list only after its row is committed.
+    """
+    from .queues import queue_table
+    from .reliable_redis import refused_key
+
+    if not is_redis_url(broker_url()):
+        return 0
+    prefix = (current_app.conf.broker_transport_options or {}).get("global_keyprefix") or ""
+    client = broker_redis()
+    stored = 0
+    for queue in queue_table().names:
+        key = prefix + refused_key(queue)
+        while stored < limit:
+            entry = client.lindex(key, -1)
+            if entry is None:
+                break
+            text = entry.decode("utf-8", "replace")
+            try:
+                record = json.loads(text)
+                reason, raw = record["refused_reason"], record["message"]
+            except (ValueError, KeyError, TypeError):
+                reason, raw = "not a kombu message", text
+            store_dead_letter(*refused_values(queue, reason, raw))
+            client.lrem(key, -1, entry)
+            stored += 1
+    return stored
 
 
 # --- replay ------------------------------------------------------------------
@@ -189,19 +319,32 @@ def replay(letter, app=None) -> str:
             "send the task again from the application instead"
         )
     if letter.task_name not in app.tasks:
+        # Outside a worker only the task modules something imported are registered:
+        # import them all (CELERY_IMPORTS and every app's tasks), as a worker does.
+        app.loader.import_default_modules()
+    if letter.task_name not in app.tasks:
         raise ReplayError(f"dead letter {letter.pk}: unknown task {letter.task_name!r}")
+    if letter.reason == "refused" and _recover(letter.message)[2] is None:
+        raise ReplayError(
+            f"dead letter {letter.pk}: a refused message whose arguments could not be read "
+            "(its body is not [args, kwargs, options]); nothing to replay"
+        )
     if not isinstance(letter.args, list) or not isinstance(letter.kwargs, dict):
         raise ReplayError(
             f"dead letter {letter.pk}: stored arguments are malformed "
             f"(args must be a list, kwargs an object; got {type(letter.args).__name__}, "
             f"{type(letter.kwargs).__name__})"
         )
+    try:
+        args, kwargs = arguments.checked(app.tasks[letter.task_name], letter.args, letter.kwargs)
+    except arguments.InvalidTaskArguments as exc:
+        raise ReplayError(f"dead letter {letter.pk}: {exc}") from None
     options = {"queue": letter.queue} if letter.queue else {}
     try:
         result = app.send_task(
             letter.task_name,
-            args=letter.args,
-            kwargs=letter.kwargs,
+            args=args,
+            kwargs=kwargs,
             retry=True,
             retry_policy={
                 "max_retries": 2,

@@ -49,12 +49,20 @@ def _current_task():
     return get_current_task()
 
 
+# Longest message a log line carries: a task given a 5 MB argument must not
+# write a 5 MB line (the tail is cut, and says how much was cut).
+MAX_MESSAGE_CHARS = 16_384
+
+
 class SecretMaskingFilter(logging.Filter):
-    """Mask URL passwords in the final message, whatever logged it."""
+    """Mask URL passwords in the final message, whatever logged it; bound its length."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = mask_text(message)
+        if len(masked) > MAX_MESSAGE_CHARS:
+            cut = len(masked) - MAX_MESSAGE_CHARS
+            masked = f"{masked[:MAX_MESSAGE_CHARS]}... [{cut:,} more characters cut]"
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and not record.exc_text:

@@ -15,6 +15,7 @@ class DeadLetter(models.Model):
         RETRIES_EXHAUSTED = "retries_exhausted", "retries exhausted"
         REDELIVERED_TOO_OFTEN = "redelivered_too_often", "worker died on every delivery"
         TIME_LIMIT = "time_limit", "time limit exceeded"
+        REFUSED = "refused", "message refused: not a valid task message"
 
     task_id = models.CharField(max_length=255, unique=True)
     task_name = models.CharField(max_length=255, db_index=True)
@@ -34,6 +35,8 @@ class DeadLetter(models.Model):
     replay_count = models.PositiveIntegerField(default=0)
     replayed_at = models.DateTimeField(null=True, blank=True, db_index=True)
     replayed_task_id = models.CharField(max_length=255, blank=True)
+    # A refused message as it was received (its first 64 KiB), for inspection.
+    message = models.TextField(blank=True)
 
     class Meta:
         ordering = ("-last_seen",)

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from . import arguments
 from .secrets import mask_text
 
 logger = logging.getLogger("taskcore.outbox")
@@ -33,8 +34,10 @@ RELAY_BATCH = 500
 # After a failed publish, leave new rows to the relay for this long instead of
 # making every request wait on a broker that is known to be down.
 BROKER_DOWN_BACKOFF = 5.0
+# One retry (a broken pooled connection): with the caller's broker timeouts
+# (CELERY_CALLER_TIMEOUT) a commit waits about a second at most on a dead broker.
 PUBLISH_RETRY_POLICY = {
-    "max_retries": 2,
+    "max_retries": 1,
     "interval_start": 0,
     "interval_step": 0.2,
     "interval_max": 0.5,
@@ -46,6 +49,20 @@ _state_lock = threading.Lock()
 
 def _task_name(task) -> str:
     return task if isinstance(task, str) else task.name
+
+
+def _task(task):
+    """The task object of a task or task name (every task module imported if needed)."""
+    if not isinstance(task, str):
+        return task
+    from celery import current_app
+
+    if task not in current_app.tasks:
+        current_app.loader.import_default_modules()
+    try:
+        return current_app.tasks[task]
+    except KeyError:
+        raise arguments.InvalidTaskArguments(f"unknown task {task!r}: nothing sent") from None
 
 
 def send_after_commit(task, args=None, kwargs=None, **options):
@@ -61,6 +78,9 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     args, kwargs = list(args or ()), dict(kwargs or {})
     reject_model_instances(args)
     reject_model_instances(kwargs.values())
+    # Checked now, in the caller, not when the relay publishes the row.
+    args, kwargs = arguments.check_message(_task(task), args, kwargs, options.get("queue"))
+    args, kwargs = list(args), dict(kwargs)
     message = OutboxMessage.objects.create(
         task_name=_task_name(task), args=args, kwargs=kwargs, options=options
     )

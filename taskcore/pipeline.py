@@ -74,8 +74,8 @@ class TaskEvent:
     hostname: str = ""
     # False for an outcome the worker's main process reports without a run here.
     in_run: bool = True
-    # Event specific: eta (RECEIVED), reason (RETRIED), terminated/signum/expired
-    # (REVOKED), soft_time_limit (FAILED).
+    # Event specific: eta (RECEIVED), reason (RETRIED; REJECTED with the kombu
+    # message), terminated/signum/expired (REVOKED), soft_time_limit (FAILED).
     detail: dict | None = None
 
     @property
@@ -352,7 +352,7 @@ def _on_rejected(message=None, exc=None, **kwargs):
             headers,
             delivery.get("routing_key"),
             exception=exc if isinstance(exc, BaseException) else None,
-            detail={"reason": exc},
+            detail={"reason": exc, "message": message},
         )
         _dispatch(subscribers, record)
 

@@ -58,6 +58,9 @@ class QueueSpec:
     depth_critical: int = 10_000
     age_warning: int = 60
     age_critical: int = 300
+    # Largest message body (bytes): bigger arguments fail at .delay(), and a worker
+    # refuses a bigger message (a dead letter, reason "refused"). Tasks pass ids.
+    max_message_bytes: int = 1_048_576
     # Per task type overrides of the annotation values above, keyed by full task name.
     task_overrides: dict[str, dict[str, object]] = field(default_factory=dict)
 
@@ -168,6 +171,11 @@ class QueueTable:
     def queue_for_task(self, task_name: str) -> str:
         """The queue a task name is routed to by its app prefix."""
         return self._queue_of_app.get(task_name.split(".", 1)[0], self.default_queue)
+
+    def max_message_bytes(self, queue: str) -> int | None:
+        """The queue's message size limit; None for a queue not in the table."""
+        spec = self.by_name.get(queue)
+        return spec.max_message_bytes if spec is not None else None
 
     def spec_for_task(self, task_name: str) -> QueueSpec:
         return self.by_name[self.queue_for_task(task_name)]

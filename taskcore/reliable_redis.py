@@ -22,8 +22,20 @@ What changes, and nothing else:
 - While reservations return messages the consumer reserves again at once (no
   bell round trip): under load it costs one round trip per batch of messages,
   where kombu's costs two per message.
+- **Delayed messages** (a countdown, an ETA, a retry's backoff) more than
+  :data:`PARK_AFTER_SECONDS` away are not queued but parked in a sorted set per
+  queue list (``taskcore.delayed.<list>``, scored by due time); the reservation
+  script moves those due to their list, atomically, so each is handed out once
+  and only when due. kombu's Redis transport queues them at once: each worker
+  holds them in memory, and one unacknowledged past the visibility timeout is
+  restored and held again by another worker, so it runs several times
+  (celery/kombu#337, celery/celery#2599: seen 3 runs of a 45 s countdown with a
+  15 s visibility timeout).
 - An entry that is not a kombu message (not JSON, no delivery tag) is moved to
-  ``_kombu.unparseable.<queue>`` by the script and logged, never dropped.
+  ``taskcore.refused.<queue>`` by the script and logged, never dropped; so is a
+  message whose delivery raises (kombu cannot build it, or the consumer fails
+  on it): nothing a queue holds is raised into the worker. The dead letters
+  store these lists' records (``taskcore.deadletters``, reason ``refused``).
 
 Consumers with ``no_ack`` (they accept loss by definition) keep kombu's plain
 pops; everything else (publishing, fanout, acks, restoring from ``unacked``,
@@ -37,9 +49,9 @@ aliases, so the broker URL stays ``redis://`` / ``sentinel://`` for Celery,
 Upstream issues worked around (docs/reliability.md): celery/celery#7950 and
 celery/celery#4354 (a message popped and not yet in ``unacked`` is lost when
 the worker stops or dies); celery/kombu#582 (``conn_or_acquire`` raising
-``AttributeError`` on a closed channel). Not worked around, checked by
-``taskcore.config_audit``: an ETA beyond ``visibility_timeout`` runs twice
-(celery/kombu#337, celery/celery#2599). The kombu internals relied on are named
+``AttributeError`` on a closed channel); celery/kombu#337 and
+celery/celery#2599 (an ETA beyond ``visibility_timeout`` runs more than once: the
+delayed sets above). The kombu internals relied on are named
 in tests/test_transport_internals.py; pyproject pins the kombu release verified.
 """
 
@@ -47,6 +59,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from datetime import datetime
 from importlib import resources
 from time import monotonic, time
 
@@ -76,8 +89,36 @@ def bell_key(queue: str) -> str:
     return f"_kombu.bell.{queue}"
 
 
-def unparseable_key(queue: str) -> str:
-    return f"_kombu.unparseable.{queue}"
+def delayed_key(list_key: str) -> str:
+    """Delayed messages of one queue list (a queue at one priority), scored by due time."""
+    return f"taskcore.delayed.{list_key}"
+
+
+# A message due later than this is parked; a nearer one is queued and held by the
+# worker that takes it (well within any visibility timeout).
+PARK_AFTER_SECONDS = 1.0
+
+
+def due_at(message: dict) -> float | None:
+    """When a message to park is due (epoch seconds), None to queue it now."""
+    headers = message.get("headers")
+    eta = headers.get("eta") if isinstance(headers, dict) else None
+    if not eta:
+        return None
+    try:
+        due = datetime.fromisoformat(eta).timestamp()
+    except (TypeError, ValueError):
+        return None  # queued: the worker refuses it with the reason
+    return due if due - time() > PARK_AFTER_SECONDS else None
+
+
+def refused_key(queue: str) -> str:
+    """Entries of ``queue`` refused by the transport, as JSON records (see reserve.lua)."""
+    return f"taskcore.refused.{queue}"
+
+
+# Bytes of a refused entry kept for inspection (as reserve.lua keeps).
+REFUSED_KEPT_BYTES = 65536
 
 
 class AtomicReserveQoS(kombu_redis.QoS):
@@ -136,6 +177,9 @@ class AtomicReserveMixin:
         self._pending_acks: list[str] = []
         self._pending_acks_since = 0.0
         self._sync_client = None
+        # When the earliest delayed message of the consumed queues is due (epoch
+        # seconds), as the last reservation saw: an idle consumer wakes up for it.
+        self._next_due: float | None = None
         super().__init__(*args, **kwargs)
 
     # -- one client per channel for the synchronous commands ----------------------
@@ -170,12 +214,15 @@ class AtomicReserveMixin:
             self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues
         ]
         bells = [bell_key(queue) for queue in queues]
+        refused = [refused_key(queue) for _pri in self.priority_steps for queue in queues]
+        delayed = [delayed_key(key) for key in queue_keys]
         keys = [
             *queue_keys,
             *bells,
             self.unacked_key,
             self.unacked_index_key,
-            unparseable_key(queues[0]),
+            *refused,
+            *delayed,
         ]
         return [
             "EVAL",
@@ -272,6 +319,8 @@ class AtomicReserveMixin:
         else:
             self.flush_acks()  # about to wait: nothing may stay pending meanwhile
             self._pending_reply = "BELL"
+            if self._next_due is not None:  # wake up when a delayed message is due
+                timeout = max(0.01, min(timeout or 1, round(self._next_due - time(), 3)))
             command = ["BRPOP", *[self._prefixed(bell_key(q)) for q in queues], timeout or 0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
@@ -307,7 +356,8 @@ class AtomicReserveMixin:
 
     def _accept_reserved(self, reply) -> list[tuple[str, dict]]:
         """(queue, payload) pairs of a reservation; their tags are marked as recorded."""
-        unparseable, flat = int(reply[0]), reply[1:]
+        refused, next_due, flat = int(reply[0]), reply[1], reply[2:]
+        self._next_due = float(next_due) if next_due else None
         prefix_length = len(self.global_keyprefix or "")
         messages = []
         for key, item in zip(flat[::2], flat[1::2], strict=True):
@@ -315,12 +365,12 @@ class AtomicReserveMixin:
             payload = loads(bytes_to_str(item))
             self._atomically_reserved.add(payload["properties"]["delivery_tag"])
             messages.append((queue, payload))
-        if unparseable:
+        if refused:
             logger.error(
                 "%d entries in the consumed queues were not kombu messages; moved to %s* "
-                "for inspection",
-                unparseable,
-                self._prefixed("_kombu.unparseable."),
+                "(stored as dead letters, reason refused)",
+                refused,
+                self._prefixed("taskcore.refused."),
             )
         return messages
 
@@ -328,7 +378,14 @@ class AtomicReserveMixin:
         delivered = 0
         try:
             for queue, payload in messages:
-                self.connection._deliver(payload, queue)
+                try:
+                    self.connection._deliver(payload, queue)
+                except self.connection_errors:
+                    raise
+                except Exception as exc:
+                    # kombu could not build the message, or the consumer raised on it:
+                    # move it aside rather than let it stop this worker (and the next).
+                    self._refuse(queue, payload, exc)
                 delivered += 1
         finally:
             # Reserved but not handed over (a callback raised): put them back now
@@ -341,6 +398,28 @@ class AtomicReserveMixin:
                 except self.connection_errors:
                     logger.warning("message %s stays in unacked until its visibility timeout", tag)
             self._queue_cycle.rotate(messages[-1][0])
+
+    def _refuse(self, queue: str, payload: dict, exc: Exception) -> None:
+        """Move a reserved message from ``unacked`` to its queue's refused list, atomically."""
+        tag = payload["properties"]["delivery_tag"]
+        raw = dumps(payload)
+        record = dumps(
+            {
+                "refused_reason": f"the worker could not take it: {type(exc).__name__}: {exc}",
+                "size": len(raw),
+                "message": raw[:REFUSED_KEPT_BYTES],
+            }
+        )
+        logger.error(
+            "message %s of queue %s refused: %s: %.500s", tag, queue, type(exc).__name__, exc
+        )
+        self._atomically_reserved.discard(tag)
+        with self.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.lpush(refused_key(queue), record)  # the client adds global_keyprefix
+            pipe.zrem(self.unacked_index_key, tag)
+            pipe.hdel(self.unacked_key, tag)
+            pipe.execute()
+        virtual.QoS.ack(self.qos, tag)  # forgotten here too, if it was handed over
 
     # -- publishing and restoring ring the bells ----------------------------------
 
@@ -379,6 +458,9 @@ class AtomicReserveMixin:
 
     def _publish_commands(self, queue, message) -> list[tuple]:
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        due = due_at(message)
+        if due is not None:  # parked until due (no bell: consumers move it when due)
+            return [("zadd", delayed_key(key), {dumps(message): due})]
         commands = [("lpush", key, dumps(message)), ("lpush", bell_key(queue), 1)]
         expires = self._expires.get(queue) if self._expires else None
         if expires:

@@ -6,6 +6,7 @@ runs a consumer in a child process that dies at the point under test.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -192,7 +193,10 @@ def test_an_entry_that_is_not_a_message_is_moved_aside_and_logged(url, client, c
     client.rpush("rt", b"not a kombu message")  # the next one a consumer takes
     with caplog.at_level(logging.ERROR, logger="taskcore.reliable_redis"):
         assert consume(url, queue, prefetch=4, ack=True, limit=1) == [0]
-    assert client.lrange(reliable_redis.unparseable_key("rt"), 0, -1) == [b"not a kombu message"]
+    (entry,) = client.lrange(reliable_redis.refused_key("rt"), 0, -1)
+    record = json.loads(entry)
+    assert record["message"] == "not a kombu message"
+    assert record["refused_reason"] == "not a kombu message: not JSON"
     assert "were not kombu messages" in caplog.text
 
 

@@ -268,6 +268,11 @@ def _queue_result(
             + ", ".join(f"{step}: {count}" for step, count in sorted(depth.by_priority.items()))
             + ")"
         )
+    if depth.scheduled:
+        overdue = depth.most_overdue
+        waiting += f", {depth.scheduled} scheduled" + (
+            f" (most overdue {human_age(overdue)})" if overdue and overdue >= 1 else ""
+        )
     who = (
         "consumers unknown"
         if consumers is None
@@ -308,6 +313,13 @@ def _queue_result(
         level = Status.CRITICAL if depth.depth >= spec.depth_critical else Status.WARNING
         limit = spec.depth_critical if level is Status.CRITICAL else spec.depth_warning
         findings.append((level, f"depth {depth.depth} over {limit}", backlog_remedy))
+    overdue = depth.most_overdue
+    if overdue is not None and overdue >= spec.age_warning:
+        # Due messages are moved to the queue by its consumers' reservations.
+        level = Status.CRITICAL if overdue >= spec.age_critical else Status.WARNING
+        findings.append(
+            (level, f"a scheduled message is {human_age(overdue)} past due", backlog_remedy)
+        )
     if age is not None and age >= spec.age_warning:
         level = Status.CRITICAL if age >= spec.age_critical else Status.WARNING
         limit = spec.age_critical if level is Status.CRITICAL else spec.age_warning
@@ -618,14 +630,20 @@ def check_dead_letters(ctx: HealthContext) -> CheckResult:
         waiting = DeadLetter.objects.filter(replayed_at__isnull=True)
         total = waiting.count()
         last_hour = waiting.filter(first_seen__gte=timezone.now() - timedelta(hours=1)).count()
+        refused = waiting.filter(reason=DeadLetter.Reason.REFUSED).count()
     except Exception as exc:
         return warning(
             "dead_letters",
             f"cannot count dead letters: {type(exc).__name__}: {exc}",
             "run `python manage.py migrate`; check the database",
         )
-    data = {"available": True, "unreplayed": total, "last_hour": last_hour}
+    data = {"available": True, "unreplayed": total, "last_hour": last_hour, "refused": refused}
     detail = f"{total} dead letters not replayed, {last_hour} in the last hour"
+    if refused:
+        detail += (
+            f"; {refused} refused messages (not valid task messages: "
+            "`manage.py dead_letters list --reason refused`, then purge)"
+        )
     remedy = (
         "review them in the admin (Task platform > Dead letters): fix the cause, then "
         "replay or discard"

@@ -70,6 +70,16 @@ class ReportCollector:
             ["queue"],
         )
         consumers = _gauge("queue_consumers", "Workers consuming the queue", ["queue"])
+        scheduled = _gauge(
+            "queue_scheduled",
+            "Delayed messages (countdown, ETA, retry backoff) parked until due (Redis)",
+            ["queue"],
+        )
+        overdue = _gauge(
+            "queue_scheduled_overdue_seconds",
+            "How long the most overdue delayed message is past due (0 when none)",
+            ["queue"],
+        )
         # The queue table's thresholds, so alert rules compare with them instead of
         # repeating them (deploy/prometheus/alerts.yml).
         age_limit = _gauge(
@@ -88,6 +98,9 @@ class ReportCollector:
             queue = result.name.split(".", 1)[1]
             depth.add_metric([queue], result.data["depth"])
             age.add_metric([queue], result.data.get("oldest_age_s") or 0)
+            if "scheduled" in result.data:
+                scheduled.add_metric([queue], result.data["scheduled"])
+                overdue.add_metric([queue], result.data.get("most_overdue_s") or 0)
             if result.data.get("consumers") is not None:
                 consumers.add_metric([queue], result.data["consumers"])
             thresholds = result.data.get("thresholds") or {}
@@ -96,7 +109,7 @@ class ReportCollector:
                     age_limit.add_metric([queue, severity], thresholds[f"age_{severity}_s"])
                 if thresholds.get(f"depth_{severity}") is not None:
                     depth_limit.add_metric([queue, severity], thresholds[f"depth_{severity}"])
-        yield from (depth, age, consumers, age_limit, depth_limit)
+        yield from (depth, age, consumers, scheduled, overdue, age_limit, depth_limit)
 
         workers = report.get("workers")
         if workers and "count" in workers.data:

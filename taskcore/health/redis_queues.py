@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from taskcore.publishing import SENT_AT_HEADER
+from taskcore.reliable_redis import delayed_key
 
 
 @dataclass
@@ -31,6 +32,16 @@ class QueueDepth:
     # ``sent_at`` of the oldest waiting message, None when empty or unstamped.
     oldest_sent_at: float | None = None
     read_at: float = field(default_factory=time.time)
+    # Delayed messages (countdown, ETA, retry backoff) parked until due, and the
+    # earliest due time: one past due that stays is not being moved (no consumer).
+    scheduled: int = 0
+    earliest_due: float | None = None
+
+    @property
+    def most_overdue(self) -> float | None:
+        if self.earliest_due is None or self.earliest_due > self.read_at:
+            return None
+        return self.read_at - self.earliest_due
 
     @property
     def oldest_age(self) -> float | None:
@@ -39,11 +50,13 @@ class QueueDepth:
         return max(0.0, self.read_at - self.oldest_sent_at)
 
     def as_dict(self) -> dict:
-        age = self.oldest_age
+        age, overdue = self.oldest_age, self.most_overdue
         return {
             "depth": self.depth,
             "by_priority": {str(step): count for step, count in self.by_priority.items()},
             "oldest_age_s": None if age is None else round(age, 3),
+            "scheduled": self.scheduled,
+            "most_overdue_s": None if overdue is None else round(overdue, 3),
         }
 
 
@@ -85,6 +98,11 @@ class RedisLayout:
             keys.append((step, self.global_keyprefix + name))
         return keys
 
+    def delayed(self, key: str) -> str:
+        """The delayed set of the list ``key`` (``taskcore.reliable_redis.delayed_key``)."""
+        prefix = self.global_keyprefix
+        return prefix + delayed_key(key[len(prefix) :])
+
     @property
     def unacked(self) -> str:
         return self.global_keyprefix + self.unacked_key
@@ -103,7 +121,8 @@ def message_sent_at(payload: bytes | str | None) -> float | None:
 
 
 def read_queues(client, queue_names, layout: RedisLayout | None = None) -> BrokerQueues:
-    """Depth per queue (all priority lists) and the oldest message's age, in one round trip."""
+    """Depth per queue (all priority lists), the oldest message's age and the delayed
+    messages, in one round trip."""
     layout = layout or RedisLayout()
     plan: list[tuple[str, int]] = []
     with client.pipeline(transaction=False) as pipe:
@@ -111,16 +130,23 @@ def read_queues(client, queue_names, layout: RedisLayout | None = None) -> Broke
             for step, key in layout.keys(name):
                 pipe.llen(key)
                 pipe.lindex(key, -1)
+                pipe.zcard(layout.delayed(key))
+                pipe.zrange(layout.delayed(key), 0, 0, withscores=True)
                 plan.append((name, step))
         pipe.hlen(layout.unacked)
         replies = pipe.execute()
     read_at = time.time()
     queues = {name: QueueDepth(name, read_at=read_at) for name in queue_names}
     for index, (name, step) in enumerate(plan):
-        length, tail = replies[2 * index], replies[2 * index + 1]
+        length, tail, scheduled, earliest = replies[4 * index : 4 * index + 4]
+        queue = queues[name]
+        if scheduled:
+            queue.scheduled += scheduled
+            due = earliest[0][1] if earliest else None
+            if due is not None and (queue.earliest_due is None or due < queue.earliest_due):
+                queue.earliest_due = due
         if not length:
             continue
-        queue = queues[name]
         queue.depth += length
         queue.by_priority[step] = queue.by_priority.get(step, 0) + length
         sent_at = message_sent_at(tail)

@@ -1,17 +1,36 @@
 -- Atomic reservation (taskcore/reliable_redis.py): pop and record in kombu's unacked, one step.
--- KEYS: the queue lists in the order to take from, the bells, unacked, its index, unparseable.
+-- KEYS: the queue lists in the order to take from, the bells, unacked, its index, then for
+-- each queue list the refused list of its queue, then for each queue list its delayed set.
 -- ARGV: number of queue lists, number of bells, most messages to take, now, most bells kept,
 -- then the tags acknowledged since the last call (removed first).
--- Returns {unparseable count, key1, message1, ...}; unacked entries as kombu's QoS.append writes.
+-- Returns {refused count, earliest due time of a delayed message left or false, key1,
+-- message1, ...}; unacked entries as kombu's QoS.append writes.
+-- An entry that is not a kombu message is not handed out: a record {refused_reason, message}
+-- goes to its queue's refused list (taskcore.deadletters stores it as a dead letter).
 local n_queues, n_bells = tonumber(ARGV[1]), tonumber(ARGV[2])
 local limit, now, max_bells = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local unacked, index = KEYS[n_queues + n_bells + 1], KEYS[n_queues + n_bells + 2]
-local unparseable = KEYS[n_queues + n_bells + 3]
+local refused_keys = n_queues + n_bells + 2
+local delayed_keys = refused_keys + n_queues
+local KEPT_BYTES = 65536
 for a = 6, #ARGV do
     redis.call('ZREM', index, ARGV[a])
     redis.call('HDEL', unacked, ARGV[a])
 end
-local out = {0}
+-- Delayed messages (countdown, ETA, retry backoff) wait in a sorted set scored by their
+-- due time; those due now join the consuming end of their list, each exactly once.
+local next_due = false
+for i = 1, n_queues do
+    local delayed = KEYS[delayed_keys + i]
+    local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 100)
+    if #due > 0 then
+        redis.call('RPUSH', KEYS[i], unpack(due))
+        redis.call('ZREM', delayed, unpack(due))
+    end
+    local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+    if first and (not next_due or tonumber(first) < tonumber(next_due)) then next_due = first end
+end
+local out = {0, next_due}
 local taken = 0
 for i = 1, n_queues do
     local key = KEYS[i]
@@ -30,7 +49,10 @@ for i = 1, n_queues do
             out[#out + 1] = item
             taken = taken + 1
         else
-            redis.call('LPUSH', unparseable, item)
+            local reason = ok and 'not a kombu message: no delivery tag or delivery info'
+                or 'not a kombu message: not JSON'
+            redis.call('LPUSH', KEYS[refused_keys + i], cjson.encode(
+                {refused_reason = reason, size = #item, message = string.sub(item, 1, KEPT_BYTES)}))
             out[1] = out[1] + 1
         end
     end

@@ -83,3 +83,13 @@ def outlives_its_soft_time_limit(seconds: float) -> None:
             time.sleep(0.1)
         except SoftTimeLimitExceeded:
             continue
+
+
+@shared_task(name="taskcore.testing.record_execution")
+def record_execution(key: str, due: float) -> None:
+    """Count every execution (no idempotency claim): when it ran against when it was due."""
+    import json
+
+    from taskcore.redis_clients import state_redis
+
+    state_redis().rpush("chaos:executions", json.dumps([key, due, time.time()]))

@@ -1,0 +1,125 @@
+"""Task arguments checked against the task's own signature, when sent and when run.
+
+A task declares its argument types the Python way, with annotations
+(``def process_upload(self, upload_id: int)``). From them pydantic builds one
+model per task (once, on first use); ``.delay()``/``apply_async`` checks the
+arguments against it and sends what it validated (``"5"`` for an ``int`` is
+sent as ``5``), so wrong types, unknown or missing arguments and a message over
+its queue's size limit fail in the caller with a message naming the problem.
+The worker checks again (a message can come from elsewhere: ``send_task``, an old
+producer, a replay): a mismatch there fails the task at once, into one dead
+letter, never a retry.
+
+A task with ``*args`` or ``**kwargs`` accepts anything and is not checked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+from kombu.utils.json import dumps
+from pydantic import ConfigDict, ValidationError, create_model
+
+_UNCHECKED = object()  # the task takes *args/**kwargs: nothing to check against
+
+
+class InvalidTaskArguments(TypeError):
+    """The arguments do not fit the task's signature; the message says how."""
+
+
+class MessageTooLarge(ValueError):
+    """The task's message would be over its queue's ``max_message_bytes``."""
+
+
+def _model_for(task):
+    model = task.__dict__.get("_argument_model")
+    if model is None:
+        model = _build_model(task)
+        task._argument_model = model
+    return model
+
+
+def _build_model(task):
+    run = task.run
+    signature = inspect.signature(run)
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
+        return _UNCHECKED
+    try:
+        hints = typing.get_type_hints(run)
+    except Exception:  # an annotation that does not resolve: check names only
+        hints = {}
+    fields = {
+        name: (
+            hints.get(name, typing.Any),
+            ... if parameter.default is parameter.empty else parameter.default,
+        )
+        for name, parameter in signature.parameters.items()
+    }
+    model = create_model(
+        f"{task.name}.arguments",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+    shown = signature.replace(
+        parameters=[
+            p.replace(annotation=hints.get(name, p.annotation))
+            for name, p in signature.parameters.items()
+        ],
+        return_annotation=inspect.Signature.empty,
+    )
+    return signature, model, f"{task.name}{shown}"
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        given = repr(item.get("input"))
+        if len(given) > 60:
+            given = given[:57] + "..."
+        parts.append(f"{where}: {item['msg']} (got {given})")
+    return "; ".join(parts)
+
+
+def checked(task, args, kwargs) -> tuple[list | tuple, dict]:
+    """``(args, kwargs)`` validated against ``task``'s signature, or InvalidTaskArguments."""
+    built = _model_for(task)
+    if built is _UNCHECKED:
+        return args or (), kwargs or {}
+    signature, model, shown = built
+    try:
+        signature.bind_partial(*(args or ()), **(kwargs or {}))  # unknown ones named first
+        bound = signature.bind(*(args or ()), **(kwargs or {}))
+    except TypeError as exc:
+        raise InvalidTaskArguments(f"{shown}: {exc}") from None
+    try:
+        validated = model.model_validate(bound.arguments)
+    except ValidationError as exc:
+        raise InvalidTaskArguments(f"{shown}: {_describe(exc)}") from None
+    for name in bound.arguments:
+        bound.arguments[name] = getattr(validated, name)
+    return bound.args, bound.kwargs
+
+
+def check_message(task, args, kwargs, queue=None) -> tuple[list | tuple, dict]:
+    """The arguments to send for ``task``: validated, and within their queue's size limit."""
+    from .queues import queue_table
+
+    args, kwargs = checked(task, args, kwargs)
+    table = queue_table()
+    queue = getattr(queue, "name", queue) or table.queue_for_task(task.name)  # name or Queue
+    check_size(task.name, queue, args, kwargs, table.max_message_bytes(queue))
+    return args, kwargs
+
+
+def check_size(task_name: str, queue: str, args, kwargs, max_bytes: int | None) -> None:
+    """Raise MessageTooLarge when the arguments alone are over the queue's limit."""
+    if not max_bytes:
+        return
+    size = len(dumps([args, kwargs]))
+    if size > max_bytes:
+        raise MessageTooLarge(
+            f"{task_name}: its arguments are {size:,} bytes, over queue {queue!r}'s limit of "
+            f"{max_bytes:,} (max_message_bytes): pass an id or a file path, not the data"
+        )
