@@ -109,6 +109,34 @@ def on_worker_setup(sender=None, instance=None, conf=None, **kwargs):
     )
 
 
+# A worker whose broker refuses its credentials stops at once with this status
+# (sysexits' EX_CONFIG): retrying for minutes cannot fix a password.
+EXIT_BROKER_AUTHENTICATION = 78
+
+
+@signals.worker_init.connect
+def refuse_to_start_without_broker_credentials(sender=None, **kwargs):
+    """One PING with the worker's credentials before it connects for real."""
+    from .brokers import describe_connection_error
+    from .redis_clients import NotRedis, broker_redis, broker_url
+
+    try:
+        broker_redis(timeout=3).ping()
+    except NotRedis:
+        return  # RabbitMQ: its own connection reports ACCESS_REFUSED
+    except Exception as exc:
+        problem = describe_connection_error(exc)
+        if not problem.startswith("authentication failed"):
+            return  # unreachable, loading...: the worker's connection retry rides it out
+        worker_log.critical(
+            "worker not started: the broker at %s refused it: %s (exit status %d)",
+            mask_text(broker_url()),
+            problem,
+            EXIT_BROKER_AUTHENTICATION,
+        )
+        raise SystemExit(EXIT_BROKER_AUTHENTICATION) from None
+
+
 # --- tasks (a pipeline subscriber) --------------------------------------------
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from taskcore.brokers import describe_connection_error
 from taskcore.queues import queue_table
 from taskcore.redis_clients import backend_redis, backend_url, broker_url, is_redis_url
 from taskcore.secrets import mask_url
@@ -77,9 +78,17 @@ def check_broker(ctx: HealthContext) -> CheckResult:
         rtt = ctx.broker_ping_ms()
         version = ctx.redis_info().get("redis_version", "?")
     except Exception as exc:
+        problem = describe_connection_error(exc)
+        if problem.startswith("authentication failed"):
+            return critical(
+                "broker",
+                f"Redis broker at {url}: {problem}",
+                "set REDIS_PASSWORD (or the password in CELERY_BROKER_URL) to the one Redis "
+                "requires (requirepass / ACL user); workers exit with status 78 until it matches",
+            )
         return critical(
             "broker",
-            f"Redis broker at {url} does not answer: {exc}",
+            f"Redis broker at {url} does not answer: {problem}",
             "start Redis or fix CELERY_BROKER_URL / REDIS_HOST / REDIS_PORT / REDIS_PASSWORD"
             " (Sentinel: the Sentinels, REDIS_SENTINEL_MASTER); check the Redis log and the "
             "network between this host and Redis",
