@@ -38,7 +38,7 @@ def test_default_rotation_is_10_mb_keeping_5(tmp_path):
     handler = config["handlers"]["tasks"]
     assert handler["maxBytes"] == 10 * 1024 * 1024
     assert handler["backupCount"] == 5
-    assert handler["class"] == "concurrent_log_handler.ConcurrentRotatingFileHandler"
+    assert handler["class"] == "taskcore.logging.RotatingFileHandler"
 
 
 @pytest.mark.django_db(transaction=True)

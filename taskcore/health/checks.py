@@ -882,6 +882,37 @@ def check_round_trips(ctx: HealthContext) -> list[CheckResult]:
     return outcomes
 
 
+def check_log_files(ctx: HealthContext) -> CheckResult:
+    """Log files a process could not write in the last few minutes (a full disk).
+
+    Processes note them in the state Redis (``taskcore.logging.RotatingFileHandler``),
+    so this reports every host's, not only this one's.
+    """
+    from taskcore.logging import UNWRITABLE_LOGS_KEY
+    from taskcore.redis_clients import state_redis
+
+    try:
+        noted = state_redis(timeout=ctx.timeout).hgetall(UNWRITABLE_LOGS_KEY)
+    except Exception as exc:
+        return ok("log_files", f"not checked: the state Redis does not answer ({exc})")
+    recent = []
+    for field, value in noted.items():
+        at, _, problem = value.decode("utf-8", "replace").partition(" ")
+        age = time.time() - float(at or 0)
+        if age <= 300:
+            host, pid, filename = field.decode("utf-8", "replace").split(" ", 2)
+            recent.append(f"{filename} on {host} (pid {pid}, {human_age(age)} ago): {problem}")
+    if recent:
+        return warning(
+            "log_files",
+            f"{len(recent)} log file(s) could not be written: " + "; ".join(sorted(recent)[:5]),
+            "free disk space under LOG_DIR (or fix its permissions); the work goes on, "
+            "but its log lines are lost until then",
+            data={"unwritable": sorted(recent)},
+        )
+    return ok("log_files", "every process writes its log files")
+
+
 # --- registry ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Check:
@@ -915,6 +946,7 @@ CHECKS: tuple[Check, ...] = (
     Check("beat", check_beat),
     Check("dead_letters", check_dead_letters),
     Check("outbox", check_outbox),
+    Check("log_files", check_log_files),
     Check("flower", check_flower),
     Check("redis.memory", check_redis_memory, group="redis"),
     Check("redis.clients", check_redis_clients, group="redis"),
