@@ -178,6 +178,10 @@ REPORTS_EXPORT_ROOT = env_or("REPORTS_EXPORT_ROOT", "")
 REPORTS_EXPORT_TTL_SECONDS = env.int("REPORTS_EXPORT_TTL_SECONDS", default=7 * 24 * 3600)
 REPORTS_SITE_URL = env_or("REPORTS_SITE_URL", "")  # links in emails sent by the commands
 REPORTS_RECORD_TASK_RUNS = env.bool("REPORTS_RECORD_TASK_RUNS", default=True)
+# Task runs left out of the admin's task-run list unless its filter asks for them.
+REPORTS_TASK_RUNS_HIDDEN = ["dashboard.tasks.collect_sample"]
+# The demo model (Sample records) in the admin: for trying exports, not production.
+REPORTS_DEMO_ADMIN = env.bool("REPORTS_DEMO_ADMIN", default=DEBUG)
 # Dashboard: task outcomes and runtimes per queue counted in the workers (dashboard/stats.py).
 DASHBOARD_TASK_STATS = env.bool("DASHBOARD_TASK_STATS", default=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -245,6 +246,30 @@ class ActivityReportForm(forms.Form):
         return data
 
 
+class HousekeepingFilter(admin.SimpleListFilter):
+    """Runs of the platform's own periodic jobs (the dashboard's 10-second collector)
+    flood the list: hidden unless asked for (``REPORTS_TASK_RUNS_HIDDEN``)."""
+
+    title = "housekeeping runs"
+    parameter_name = "housekeeping"
+
+    def lookups(self, request, model_admin):
+        return (("shown", "Shown"),)
+
+    def choices(self, changelist):
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "Hidden",
+        }
+        yield from list(super().choices(changelist))[1:]
+
+    def queryset(self, request, queryset):
+        if self.value() == "shown":
+            return queryset
+        return queryset.exclude(task_name__in=settings.REPORTS_TASK_RUNS_HIDDEN)
+
+
 @admin.register(TaskRun)
 class TaskRunAdmin(admin.ModelAdmin):
     list_display = (
@@ -256,7 +281,7 @@ class TaskRunAdmin(admin.ModelAdmin):
         "retries",
         "exception",
     )
-    list_filter = ("state", "queue")
+    list_filter = ("state", "queue", HousekeepingFilter)
     search_fields = ("task_name", "task_id")
     date_hierarchy = "finished_at"
     change_list_template = "admin/reports/taskrun/change_list.html"
@@ -320,8 +345,13 @@ class TaskRunAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/reports/taskrun/activity_report.html", context)
 
 
-@admin.register(SampleRecord)
 class SampleRecordAdmin(admin.ModelAdmin):
     list_display = ("id", "name", "email", "quantity", "amount", "active", "created_at")
     list_filter = ("active",)
     search_fields = ("name", "email")
+
+
+# Demo data for trying the exports: in the admin only where REPORTS_DEMO_ADMIN
+# (default: DEBUG) says so, never in a production admin by accident.
+if settings.REPORTS_DEMO_ADMIN:
+    admin.site.register(SampleRecord, SampleRecordAdmin)

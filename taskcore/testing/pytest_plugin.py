@@ -81,6 +81,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
             "DJANGO_READ_DOT_ENV": "0",
             "CELERY_EXTRA_TASK_MODULES": "taskcore.testing.tasks",
             "SECURE_SSL_REDIRECT": "0",
+            "REPORTS_DEMO_ADMIN": "1",  # the export tests use the demo model's admin
         }
     )
     os.environ.setdefault("SECRET_KEY", f"test-secret-{run_id}")
