@@ -16,7 +16,12 @@ from django.core.validators import validate_email
 
 from taskcore.base import PermanentError
 
-MAX_ADDRESS_LENGTH = 254  # RFC 5321 path limit
+# RFC 5321 section 4.5.3.1, in octets (UTF-8 for internationalised addresses):
+# a path of at most 256 octets, angle brackets included, leaves 254 for the
+# address; at most 64 for the local part and 255 for the domain.
+MAX_ADDRESS_LENGTH = 254
+MAX_LOCAL_PART_LENGTH = 64
+MAX_DOMAIN_LENGTH = 255
 MAX_NAME_LENGTH = 200
 MAX_SUBJECT_LENGTH = 300
 
@@ -70,16 +75,33 @@ def clean_address(address: str) -> str:
     address = address.strip()
     if not address:
         raise EmailInputError("empty email address")
-    if len(address) > MAX_ADDRESS_LENGTH:
-        raise EmailInputError(
-            f"email address is {len(address)} characters; at most {MAX_ADDRESS_LENGTH}: "
-            f"{address[:60]!r}..."
-        )
+    _refuse_over_rfc5321_lengths(address)
     try:
         validate_email(address)
     except ValidationError:
         raise EmailInputError(f"invalid email address: {address!r}") from None
     return address.lower()
+
+
+def _refuse_over_rfc5321_lengths(address: str) -> None:
+    octets = len(address.encode("utf-8"))
+    if octets > MAX_ADDRESS_LENGTH:
+        raise EmailInputError(
+            f"email address is {octets} octets; at most {MAX_ADDRESS_LENGTH} (RFC 5321): "
+            f"{address[:60]!r}..."
+        )
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return  # no "@": validate_email names that problem
+    for part, octets, limit in (
+        ("local part (before the @)", len(local.encode("utf-8")), MAX_LOCAL_PART_LENGTH),
+        ("domain", len(domain.encode("utf-8")), MAX_DOMAIN_LENGTH),
+    ):
+        if octets > limit:
+            raise EmailInputError(
+                f"email address's {part} is {octets} octets; at most {limit} (RFC 5321): "
+                f"{address[:60]!r}..."
+            )
 
 
 def parse_recipient(value: str) -> Recipient:

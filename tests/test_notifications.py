@@ -605,3 +605,27 @@ def test_a_campaign_that_cannot_start_goes_back_to_draft_with_the_reason():
     assert campaign.status == Campaign.Status.DRAFT
     assert "line 2: invalid email address: 'broken@'" in campaign.error
     assert not campaign.deliveries.exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("a" * 65 + "@example.org", "local part (before the @) is 65 octets; at most 64"),
+        ("\u00e4" * 33 + "@example.org", "local part (before the @) is 66 octets; at most 64"),
+        ("a" * 64 + "@" + ".".join(["d" * 62] * 3) + ".org", "is 257 octets; at most 254"),
+    ],
+)
+def test_addresses_over_rfc_5321_length_limits_in_octets_are_refused(address, problem):
+    """RFC 5321 4.5.3.1: local part 64 octets, domain 255, the whole address 254."""
+    from notifications.addresses import clean_address
+
+    with pytest.raises(EmailInputError, match=re.escape(problem)):
+        clean_address(address)
+
+
+def test_addresses_at_the_rfc_5321_limits_are_accepted():
+    from notifications.addresses import clean_address
+
+    longest = "a" * 64 + "@" + ".".join(["d" * 61] * 3) + ".org"  # 64 + 1 + 189 = 254
+    assert len(longest) == 254
+    assert clean_address(longest) == longest
