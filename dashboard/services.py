@@ -12,6 +12,7 @@ are installed. Every part is read independently: one that fails is reported in
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -129,7 +130,12 @@ def worker_rows(app, report, client) -> list[dict]:
 
 # --- dead letters ----------------------------------------------------------------
 def dead_letter_groups(limit: int = 50) -> dict:
+    from taskcore import deadletters
     from taskcore.models import DeadLetter
+
+    # Parked letters and refused messages first, as the admin and the command do.
+    with contextlib.suppress(Exception):  # Redis away: the database's letters still show
+        deadletters.store_parked_dead_letters(limit=200)
 
     waiting = DeadLetter.objects.filter(replayed_at__isnull=True)
     groups = (

@@ -45,6 +45,19 @@ class DeadLetterAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in DeadLetter._meta.fields] + ["arguments"]
     exclude = ("args", "kwargs")
 
+    def changelist_view(self, request, extra_context=None):
+        # Letters parked in Redis (the database was away) and messages the transport
+        # refused are stored first, as the command and the relay do.
+        try:
+            deadletters.store_parked_dead_letters()
+        except Exception as exc:
+            self.message_user(
+                request,
+                f"Dead letters parked in Redis were not read: {exc}",
+                messages.WARNING,
+            )
+        return super().changelist_view(request, extra_context)
+
     @admin.display(description="message")
     def short_message(self, letter):
         return letter.exception_message[:120]

@@ -268,3 +268,41 @@ def test_dead_letters_replay_from_the_command_line_replays_every_queues_tasks(
     for queue, (name, _args, _kwargs) in letters.items():
         (message,) = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
         assert message["headers"]["task"] == name
+
+
+@pytest.mark.django_db
+def test_the_admin_and_the_dashboard_store_parked_and_refused_letters_before_listing(
+    app, client, django_user_model
+):
+    from taskcore.reliable_redis import refused_key
+
+    record = {"refused_reason": "not a kombu message: not JSON", "message": "garbage"}
+    broker_redis(app).lpush(refused_key("media"), json.dumps(record))
+    deadletters.park_dead_letter("parked-1", {**_parked_values(), "task_name": "media.tasks.x"})
+    root = django_user_model.objects.create_superuser("root", password="pw-irrelevant-123")
+    client.force_login(root)
+
+    page = client.get("/admin/taskcore/deadletter/").content.decode()
+    assert "media.tasks.x" in page and "not a kombu message: not JSON" in page
+    assert DeadLetter.objects.count() == 2
+    broker_redis(app).lpush(refused_key("email"), json.dumps(record))
+    from dashboard.services import dead_letter_groups
+
+    dead_letter_groups()
+    assert DeadLetter.objects.filter(queue="email", reason="refused").count() == 1
+
+
+def _parked_values() -> dict:
+    return {
+        "task_name": "",
+        "queue": "media",
+        "args": [],
+        "kwargs": {},
+        "arguments_masked": False,
+        "reason": "permanent_error",
+        "exception_type": "ValueError",
+        "exception_message": "parked while the database was away",
+        "traceback": "",
+        "attempts": 1,
+        "hostname": "",
+    }
