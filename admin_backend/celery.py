@@ -15,6 +15,8 @@ from functools import cached_property
 
 from celery import Celery, signals
 
+from taskcore import results
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "admin_backend.settings")
 
 
@@ -78,6 +80,8 @@ class AdminBackendCelery(Celery):
 app = AdminBackendCelery("admin_backend", task_cls="taskcore.base:BaseTask")
 app.config_from_object(DjangoCelerySettings())
 app.autodiscover_tasks()
+# Redis result backends that wait out a Redis at maxmemory (taskcore/results.py).
+app.loader.override_backends = results.BACKENDS
 
 
 # The program this process runs: "worker" or "beat" once Celery starts it, "flower"

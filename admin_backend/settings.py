@@ -449,17 +449,18 @@ TASKCORE_STATE_REDIS_URL = env_or(
     "TASKCORE_STATE_REDIS_URL",
     CELERY_BROKER_URL if BROKER_KIND in (brokers.REDIS, brokers.SENTINEL) else REDIS_URL,
 )
-# A worker rides out a short Redis outage (a Sentinel failover takes seconds,
-# measured in R6) when it stores a task's state: without this, the STARTED state
-# or the result failing to store fails a task whose work was fine, or never ran it.
-# Exponential backoff from 100 ms to 2 s, 10 retries (~15 s). Workers only (applied
+# A worker rides out a Redis outage (a Sentinel failover takes seconds, measured in
+# R6; a Redis at maxmemory refuses writes until memory is freed, R8) when it stores
+# a task's state: without this, the STARTED state or the result failing to store
+# fails a task whose work was fine, or never ran it. Exponential backoff with full
+# jitter from 100 ms to 4 s, 60 retries (about 2 minutes). Workers only (applied
 # when a worker starts, admin_backend/celery.py): a web request keeps failing fast,
 # it must not hang on a Redis that is away.
 WORKER_RESULT_BACKEND_RETRY = {
     "result_backend_always_retry": True,
-    "result_backend_max_retries": env.int("CELERY_RESULT_BACKEND_MAX_RETRIES", default=10),
+    "result_backend_max_retries": env.int("CELERY_RESULT_BACKEND_MAX_RETRIES", default=60),
     "result_backend_base_sleep_between_retries_ms": 100,
-    "result_backend_max_sleep_between_retries_ms": 2000,
+    "result_backend_max_sleep_between_retries_ms": 4000,
 }
 CELERY_REDIS_SOCKET_KEEPALIVE = True
 # .delay() subscribes to its result in the result backend: a caller waits on it no

@@ -69,6 +69,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 logger = logging.getLogger("taskcore.reliable_redis")
 
@@ -83,6 +84,19 @@ UNLIMITED_PREFETCH_BATCH = 16
 # Pops up to N messages and records them in ``unacked`` in one step; the file
 # documents its KEYS and ARGV.
 RESERVE_SCRIPT = (resources.files(__package__) / "lua" / "reserve.lua").read_text("utf-8")
+
+
+# Written once; the reservation script's first command (see reserve.lua).
+RESERVE_GUARD_KEY = "taskcore.reserve.guard"
+
+
+def refused_for_memory(exc: Exception) -> bool:
+    """Whether Redis refused a command for lack of memory (maxmemory, noeviction).
+
+    Redis 7 answers ``OOM ...`` (redis-py's OutOfMemoryError); Redis 6 wraps it for
+    a script: ``ERR Error running script ... -OOM command not allowed ...``.
+    """
+    return isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc)
 
 
 def bell_key(queue: str) -> str:
@@ -177,6 +191,9 @@ class AtomicReserveMixin:
         self._pending_acks: list[str] = []
         self._pending_acks_since = 0.0
         self._sync_client = None
+        # Acks sent with the reservation in flight; given back if Redis refuses it.
+        self._acks_in_flight: list[str] = []
+        self._memory_warned_at = float("-inf")
         # When the earliest delayed message of the consumed queues is due (epoch
         # seconds), as the last reservation saw: an idle consumer wakes up for it.
         self._next_due: float | None = None
@@ -223,6 +240,7 @@ class AtomicReserveMixin:
             self.unacked_index_key,
             *refused,
             *delayed,
+            RESERVE_GUARD_KEY,
         ]
         return [
             "EVAL",
@@ -239,7 +257,26 @@ class AtomicReserveMixin:
 
     def _take_pending_acks(self) -> list[str]:
         acks, self._pending_acks = self._pending_acks, []
+        self._acks_in_flight = acks  # given back if the reservation is refused
         return acks
+
+    def _refused_for_memory(self, exc: Exception) -> None:
+        """Redis refused the reservation (out of memory): nothing was taken.
+
+        The acknowledgements it carried are sent on their own (deletions are allowed
+        at maxmemory) and the consumer waits on its bells, trying again within
+        ``brpop_timeout``: it resumes by itself once Redis accepts writes.
+        """
+        self._pending_acks[:0] = self._acks_in_flight
+        self._acks_in_flight = []
+        self._expect_messages = False
+        now = monotonic()
+        if now - self._memory_warned_at > 60:
+            self._memory_warned_at = now
+            logger.warning(
+                "Redis refuses writes (%s): reserving nothing until it accepts them again", exc
+            )
+        self._flush_acks_quietly()
 
     def flush_acks(self) -> None:
         """Remove the acknowledged tags from ``unacked`` now (one pipelined round trip)."""
@@ -297,7 +334,13 @@ class AtomicReserveMixin:
 
     def _get(self, queue):
         with self.conn_or_acquire() as client:
-            reply = client.execute_command(*self._reserve_args([queue], 1))
+            try:
+                reply = client.execute_command(*self._reserve_args([queue], 1))
+            except ResponseError as exc:
+                if not refused_for_memory(exc):
+                    raise
+                self._refused_for_memory(exc)
+                raise kombu_redis.Empty() from None
             self._maybe_update_queues_expire(client, queue)
         messages = self._accept_reserved(reply)
         if not messages:
@@ -339,6 +382,11 @@ class AtomicReserveMixin:
                 # Disconnect so the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
                 raise
+            except ResponseError as exc:
+                if not refused_for_memory(exc):
+                    raise
+                self._refused_for_memory(exc)
+                raise kombu_redis.Empty() from None
             if pending != "RESERVE":
                 # A bell, or the wait timed out: reserve next either way (a
                 # restored or bell-less message is picked up within brpop_timeout).
@@ -356,6 +404,7 @@ class AtomicReserveMixin:
 
     def _accept_reserved(self, reply) -> list[tuple[str, dict]]:
         """(queue, payload) pairs of a reservation; their tags are marked as recorded."""
+        self._acks_in_flight = []  # the script removed them
         refused, next_due, flat = int(reply[0]), reply[1], reply[2:]
         self._next_due = float(next_due) if next_due else None
         prefix_length = len(self.global_keyprefix or "")

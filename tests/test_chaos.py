@@ -356,3 +356,49 @@ def test_r7_delayed_tasks_of_any_length_run_once_near_their_due_time(chaos, star
     # Only what the killed worker held (prefetch and running: at most 4) waits for the
     # visibility timeout before it comes back; everything else runs within 2 s of due.
     assert len(late) <= 4 and all(delay < visibility + 5 for delay in late), figures
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("threads", 8)])
+def test_r8_redis_at_maxmemory_loses_nothing_and_acknowledges_nothing_unrun(
+    chaos, start_worker, pool, concurrency
+):
+    """Redis refuses writes (maxmemory, noeviction) for 30 s while tasks are consumed."""
+    stack = chaos(*AOF_EVERYSEC, "--maxmemory-policy", "noeviction")
+    total, outage = 2_000, 30
+    worker = start_worker(
+        ["default"], pool=pool, concurrency=concurrency, env=stack.env, client_app=stack.client
+    )
+    sent = stack.publish(range(total))
+    wait_for_effects(total // 5, stall=60)
+    client = redis.Redis.from_url(stack.server.url)
+    client.config_set("maxmemory", 1)  # every write that may grow memory is refused
+    at_full = EffectClaim.objects.filter(scope="chaos").count()
+    time.sleep(outage)
+    during = EffectClaim.objects.filter(scope="chaos").count() - at_full
+    client.config_set("maxmemory", 0)
+    back = time.monotonic()
+    first_after = None
+
+    def note_progress(done: int) -> None:
+        nonlocal first_after
+        if first_after is None and done > at_full + during:
+            first_after = time.monotonic() - back
+
+    effects = wait_for_effects(total, on_tick=note_progress, stall=90)
+    figures = {
+        "pool": pool,
+        "sent": sent,
+        "effects": effects,
+        "lost": sent - effects,
+        "dead_letters": DeadLetter.objects.count(),
+        "outage_s": outage,
+        "effects_during_outage": during,
+        "consuming_again_after_s": round(first_after, 1) if first_after is not None else None,
+        "duplicates_absorbed": stack.duplicates(),
+        "worker_alive": worker.process.poll() is None,
+    }
+    record_figures(f"R8 {pool}", figures)
+    assert effects == total, figures
+    assert figures["dead_letters"] == 0, figures
+    assert figures["worker_alive"], worker.output()[-3000:]
+    assert first_after is not None and first_after < 30, figures

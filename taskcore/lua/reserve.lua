@@ -1,6 +1,7 @@
 -- Atomic reservation (taskcore/reliable_redis.py): pop and record in kombu's unacked, one step.
 -- KEYS: the queue lists in the order to take from, the bells, unacked, its index, then for
--- each queue list the refused list of its queue, then for each queue list its delayed set.
+-- each queue list the refused list of its queue, then for each queue list its delayed set,
+-- then the guard key.
 -- ARGV: number of queue lists, number of bells, most messages to take, now, most bells kept,
 -- then the tags acknowledged since the last call (removed first).
 -- Returns {refused count, earliest due time of a delayed message left or false, key1,
@@ -13,6 +14,11 @@ local unacked, index = KEYS[n_queues + n_bells + 1], KEYS[n_queues + n_bells + 2
 local refused_keys = n_queues + n_bells + 2
 local delayed_keys = refused_keys + n_queues
 local KEPT_BYTES = 65536
+-- A Redis out of memory (maxmemory, noeviction) refuses a command that may grow memory
+-- only until a script has written: after a pop, the unacked write would go through.
+-- So the first command is such a command (a no-op once the key exists): while Redis
+-- refuses writes the whole script is refused before it takes anything.
+redis.call('SETNX', KEYS[delayed_keys + n_queues + 1], '1')
 for a = 6, #ARGV do
     redis.call('ZREM', index, ARGV[a])
     redis.call('HDEL', unacked, ARGV[a])
