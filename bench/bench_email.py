@@ -175,6 +175,10 @@ class SinkProcess:
 def run_proxy(listen_port: int, target_port: int, delay: float) -> None:
     from latency_proxy import LatencyProxy
 
+    # Forked from the bench, which turns SIGTERM into KeyboardInterrupt for its
+    # clean-up; this process has none to do.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     LatencyProxy(("127.0.0.1", target_port), delay, listen_port).run_forever()
 
 
