@@ -22,8 +22,9 @@ fi
 # Debian packages some tests drive, installed when missing and we may (root, apt):
 # Chromium for the dashboard's browser tests (no browser download), Wine for
 # start_celery.bat (its cmd.exe runs the batch file), promtool for the Prometheus
-# rules. With TEST_BROWSER=always, TEST_WINE=always or TEST_PROMTOOL=always (CI) a
-# missing one is an error instead of skipped tests.
+# rules, iptables for the network-partition chaos test (R10). With TEST_BROWSER,
+# TEST_WINE, TEST_PROMTOOL or TEST_NETNS set to always (CI) a missing one is an
+# error instead of skipped tests.
 require_debian_tool() {  # command, package(s), "always" if required, [apt-get options]
     local command="$1" packages="$2" required="$3" options="${4:-}"
     if command -v "$command" >/dev/null 2>&1; then
@@ -78,6 +79,8 @@ require_debian_tool chromium chromium "${TEST_BROWSER:-auto}"
 require_debian_tool wine "wine64 wine" "${TEST_WINE:-auto}" --no-install-recommends
 # promtool (Debian's prometheus) checks /metrics and unit-tests deploy/prometheus/alerts.yml.
 require_debian_tool promtool prometheus "${TEST_PROMTOOL:-auto}" --no-install-recommends
+# iptables drops Redis' packets inside a network namespace the R10 test creates.
+require_debian_tool iptables iptables "${TEST_NETNS:-auto}" --no-install-recommends
 
 echo "== pytest (SQLite)"
 if [ $# -eq 0 ]; then
