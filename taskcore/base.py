@@ -101,6 +101,9 @@ class BaseTask(Task):
     retry_backoff: int = 2
     retry_backoff_max: int = 600
     retry_jitter: bool = True
+    # Celery's own send-time signature check: taskcore.arguments checks names and
+    # types in one pass (apply_async below), so Celery's would bind them twice.
+    typing = False
 
     def apply_async(self, args=None, kwargs=None, **options):
         reject_model_instances(args or ())
