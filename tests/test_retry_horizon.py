@@ -49,3 +49,64 @@ def test_after_the_horizon_a_transient_error_is_a_dead_letter(start_worker):
     letter = wait_for(lambda: DeadLetter.objects.filter(task_id=result.id).first())
     assert letter.reason == DeadLetter.Reason.RETRIES_EXHAUSTED
     assert letter.attempts >= 2
+
+
+# --- dead letters parked while the database was away ----------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beat_s_relay_stores_parked_dead_letters_without_anyone_asking(
+    start_worker, worker_database_url, test_work_dir
+):
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from maintenance.schedule import install_default_schedule
+    from taskcore import deadletters
+    from taskcore.redis_clients import state_redis
+    from taskcore.testing.tasks import fails_permanently
+    from taskcore.testing.workers import BeatProcess
+
+    # Started first: a worker relays at start-up, and this test shows beat's relay.
+    start_worker(["default"])
+    # A worker whose database is away parks the dead letter of a task failing for good.
+    start_worker(["reports"], env={"DATABASE_URL": "postgres://nobody@127.0.0.1:9/absent"})
+    failed = fails_permanently.apply_async(["while the database is away"], queue="reports")
+    wait_for(lambda: state_redis().llen(deadletters.PARKED_KEY), what="a parked dead letter")
+    assert not DeadLetter.objects.filter(task_id=failed.id).exists()
+
+    # The default schedule's relay entry, every second instead of every minute.
+    install_default_schedule()
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
+    PeriodicTask.objects.exclude(name="outbox relay").update(enabled=False)
+    PeriodicTask.objects.filter(name="outbox relay").update(interval=every_second)
+    beat = BeatProcess(
+        log_path=test_work_dir / "beat" / "relay.out",
+        run_dir=test_work_dir / "beat-relay",
+        env={"DATABASE_URL": worker_database_url},
+    ).start()
+    try:
+        letter = wait_for(
+            lambda: DeadLetter.objects.filter(task_id=failed.id).first(),
+            timeout=60,
+            what="the parked dead letter stored by beat's relay",
+        )
+    finally:
+        beat.stop()
+    assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
+    assert state_redis().llen(deadletters.PARKED_KEY) == 0
+
+
+def test_a_sqlite_busy_timeout_near_the_soft_time_limit_is_reported(monkeypatch):
+    from django.conf import settings
+
+    from taskcore.config_audit import audit
+
+    database = settings.DATABASES["default"]
+    if not database["ENGINE"].endswith("sqlite3"):
+        pytest.skip("SQLite's busy timeout")
+    codes = {problem.code for problem in audit(celery_app.conf)}
+    assert "sqlite_busy_timeout_vs_time_limit" not in codes  # the default, 5 s
+    shortest = min(spec.soft_time_limit for spec in queues.QUEUES)
+    monkeypatch.setitem(database["OPTIONS"], "timeout", shortest)
+    codes = {problem.code for problem in audit(celery_app.conf)}
+    assert "sqlite_busy_timeout_vs_time_limit" in codes
