@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from admin_backend import queues
 from admin_backend.celery import app as celery_app
-from taskcore.base import TransientError
+from taskcore.base import FIRST_ATTEMPT_HEADER, TransientError
 from taskcore.models import DeadLetter
 from taskcore.testing import outage_tasks
 from taskcore.testing.waiting import wait_for
@@ -27,6 +29,26 @@ def test_every_task_gets_its_queue_s_retry_horizon_unless_it_sets_its_own():
     assert outage_tasks.fails_for_a_while.retry_horizon == 120
     # At least five minutes everywhere: a database restart or failover fits in it.
     assert min(spec.retry_horizon for spec in queues.QUEUES) >= 300
+
+
+def test_the_last_retry_is_scheduled_by_the_horizon():
+    celery_app.loader.import_default_modules()
+    task = celery_app.tasks["notifications.tasks.send_delivery_batch"]  # backoff cap 600
+    horizon = task.retry_horizon
+    first = time.time() - horizon + 5  # 5 s of the horizon left
+    task.push_request(retries=9, **{FIRST_ATTEMPT_HEADER: first})
+    try:
+        delays = [task.retry_countdown() for _ in range(200)]
+        assert task.may_retry()  # 9 retries is past max_retries (8), not past the horizon
+    finally:
+        task.pop_request()
+    assert all(0 <= delay <= 5 for delay in delays)
+    # A first attempt "in the future" (clock skew, a bad producer) counts from now.
+    task.push_request(retries=9, **{FIRST_ATTEMPT_HEADER: time.time() + 10 * horizon})
+    try:
+        assert task.retry_time_left() <= horizon
+    finally:
+        task.pop_request()
 
 
 @pytest.mark.django_db(transaction=True)
