@@ -43,6 +43,8 @@ QUEUES: tuple[QueueSpec, ...] = (
         rate_limit="600/m",
         max_retries=8,
         retry_backoff_cap=600,
+        # Greylisting and relay outages (SMTP 4xx) often last longer than 10 minutes.
+        retry_horizon=3_600,
         # Its own group, autoscaled: campaigns arrive in bursts of batch tasks (one
         # per EMAIL_BATCH_SIZE recipients, seconds each), so the per-message cost
         # that favours threads for `default` (B1: 2 ms tasks) does not matter here,

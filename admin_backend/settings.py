@@ -103,10 +103,20 @@ DATABASES = {
     "default": env.db_url_config(env_or("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the web process read while workers write; IMMEDIATE avoids
-    # "database is locked" upgrades from read to write transactions.
+    # WAL lets the web process read while workers write; IMMEDIATE takes the write
+    # lock when a transaction begins, so waiting for it goes through the busy
+    # timeout (a read transaction upgraded to a write fails at once instead).
+    # SQLite has one write lock: a writer stuck inside a transaction (a frozen
+    # process) holds it. Every other writer waits at most SQLITE_BUSY_TIMEOUT
+    # seconds, then gets "database is locked", a transient error its task retries
+    # with backoff (taskcore/base.py): it must stay well below the shortest soft
+    # time limit, or the wait ends as a time-limit dead letter instead.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
+        {
+            "init_command": "PRAGMA journal_mode=WAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.float("SQLITE_BUSY_TIMEOUT", default=5.0),
+        }
     )
     # Workers are separate processes, so the test database must be a file.
     # One file per test process, so parallel runs in one checkout do not collide.

@@ -47,8 +47,8 @@ def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
     """Send up to EMAIL_BATCH_SIZE deliveries over the process's pooled SMTP connections.
 
     Recipients the server deferred (4xx) are retried by this same task, with the
-    queue's backoff, for them alone; after the queue's ``max_retries`` they fail
-    with the server's last answer.
+    queue's backoff, for them alone; once the queue's ``max_retries`` and
+    ``retry_horizon`` are both spent they fail with the server's last answer.
     """
     delivery_ids = _delivery_ids(delivery_ids)
     outcome = delivery.deliver_batch(delivery_ids, claim_token=self.request.id)
@@ -57,7 +57,7 @@ def send_delivery_batch(self, delivery_ids: list[int]) -> dict:
         # this slot goes to other work, and the wait counts as no retry.
         send_delivery_batch.apply_async([outcome.postponed], countdown=outcome.retry_in)
     if outcome.deferred:
-        if self.request.retries < self.max_retries:
+        if self.may_retry():
             reason = TransientError(
                 f"{len(outcome.deferred)} recipient(s) deferred, last answer: "
                 f"{outcome.last_deferral}"

@@ -2,8 +2,11 @@
 
 Transient errors (the network, the broker, a database that is briefly away,
 SMTP 4xx, our ``TransientError``) retry with exponential backoff and full
-jitter, up to the queue table's ``max_retries``. Everything else fails at once:
-retrying a validation error only delays the same failure.
+jitter until both the queue table's ``retry_horizon`` (seconds since the task's
+first attempt) and its ``max_retries`` are spent: an outage shorter than the
+horizon (a database restart or failover) costs no task, however many attempts
+it takes. Everything else fails at once: retrying a validation error only
+delays the same failure.
 
 The backoff is Celery's: its task options ``retry_backoff`` (factor, seconds),
 ``retry_backoff_max`` and ``retry_jitter``, set per queue by the queue table's
@@ -16,11 +19,13 @@ result is stored.
 
 from __future__ import annotations
 
+import math
 import smtplib
 import socket
+import time
 
 from celery import Task
-from celery.exceptions import TaskPredicate
+from celery.exceptions import Reject, TaskPredicate
 from celery.utils.time import get_exponential_backoff_interval
 from django.db import InterfaceError, OperationalError
 from django.db.models import Model
@@ -54,6 +59,9 @@ class RedeliveredTooOften(PermanentError):
 
 
 DELIVERY_COUNT_TTL = 24 * 3600
+# Message header carrying when a task's first attempt started (epoch seconds), so
+# the retry horizon counts from there across retries, workers and hosts.
+FIRST_ATTEMPT_HEADER = "taskcore_first_attempt"
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -104,6 +112,9 @@ class BaseTask(Task):
     # Celery's own send-time signature check: taskcore.arguments checks names and
     # types in one pass (apply_async below), so Celery's would bind them twice.
     typing = False
+    # Seconds after the first attempt during which a transient error is retried
+    # whatever max_retries says (the queue table sets it per queue); 0: count only.
+    retry_horizon: int = 600
 
     def apply_async(self, args=None, kwargs=None, **options):
         reject_model_instances(args or ())
@@ -124,6 +135,7 @@ class BaseTask(Task):
     def __call__(self, *args, **kwargs):
         try:
             if not self.request.called_directly:
+                self._note_first_attempt()
                 self._refuse_endless_redelivery()
                 # A message from elsewhere (send_task, a replay) gets the same check.
                 args, kwargs = arguments.checked(self, args, kwargs)
@@ -133,18 +145,85 @@ class BaseTask(Task):
         except Exception as exc:
             if self.request.called_directly:
                 raise
-            retries_left = self.max_retries is None or self.request.retries < self.max_retries
-            if not (is_transient(exc) and retries_left):
+            if not (is_transient(exc) and self.may_retry()):
                 # Failing for good: subscribers record it before the result is visible.
                 pipeline.failed_for_good(self, exc, args, kwargs)
                 raise
-            # retry() raises Retry, or re-raises exc once max_retries is reached.
             raise self.retry(exc=exc, countdown=self.retry_countdown()) from exc
+
+    def may_retry(self) -> bool:
+        """Whether this run may be retried: attempts left by count, or time left in the horizon."""
+        attempts_left = self.max_retries is None or self.request.retries < self.max_retries
+        return attempts_left or self.retry_time_left() > 0
+
+    def retry_time_left(self) -> float:
+        """Seconds left of the retry horizon, counted from the task's first attempt."""
+        horizon = self.retry_horizon or 0
+        return max(0.0, self.first_attempt_at() + horizon - time.time())
+
+    def first_attempt_at(self) -> float:
+        """When the task's first attempt started (epoch seconds), as its message says.
+
+        A message without a usable value (sent before this header existed, or by
+        another producer) counts from this attempt.
+        """
+        try:
+            first = float(getattr(self.request, FIRST_ATTEMPT_HEADER, None))
+        except (TypeError, ValueError):
+            first = math.nan
+        now = time.time()
+        # A value in the future (clock skew, a bad producer) would stretch the horizon.
+        return first if math.isfinite(first) and first <= now else now
+
+    def _note_first_attempt(self) -> None:
+        setattr(self.request, FIRST_ATTEMPT_HEADER, self.first_attempt_at())
+
+    def retry(
+        self,
+        args=None,
+        kwargs=None,
+        exc=None,
+        throw=True,
+        eta=None,
+        countdown=None,
+        max_retries=None,
+        **options,
+    ):
+        """Celery's retry, carrying the first attempt's time to the next message.
+
+        Within the horizon, ``max_retries`` does not end retries (a task calling
+        ``self.retry()`` itself gets the same policy as an error ``__call__`` retries).
+        """
+        if self.request.called_directly:
+            return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        if max_retries is None and self.max_retries is not None and self.retry_time_left() > 0:
+            # Celery refuses once retries > max_retries: the horizon grants this one.
+            max_retries = max(self.max_retries, self.request.retries + 1)
+        headers = {
+            **(options.pop("headers", None) or {}),
+            FIRST_ATTEMPT_HEADER: self.first_attempt_at(),
+        }
+        try:
+            return super().retry(
+                args, kwargs, exc, throw, eta, countdown, max_retries, headers=headers, **options
+            )
+        except Reject as refused:
+            # Celery rejects the message *without* requeueing it when the retry cannot
+            # be published (the broker away or out of memory): the task would be lost,
+            # acknowledged without having run. Requeued, it runs again when it can.
+            if not refused.requeue and isinstance(refused.reason, TaskNotSent):
+                raise Reject(refused.reason, requeue=True) from refused.reason
+            raise
+        finally:
+            # Celery leaves a per-call max_retries on the (shared) task object for
+            # autoretry_for, which we do not use: it must not leak into the next run.
+            self.__dict__.pop("override_max_retries", None)
 
     def retry_countdown(self) -> int | float | None:
         """Seconds before the next attempt: Celery's exponential backoff with full jitter.
 
-        None (``retry_backoff`` off): Celery's ``default_retry_delay``.
+        None (``retry_backoff`` off): Celery's ``default_retry_delay``. Within the
+        retry horizon, never past its end: the last attempt runs by the horizon.
         """
         if not self.retry_backoff:
             return None
@@ -154,6 +233,9 @@ class BaseTask(Task):
             maximum=self.retry_backoff_max,
             full_jitter=self.retry_jitter,
         )
+        time_left = self.retry_time_left()
+        if time_left > 0:
+            countdown = min(countdown, math.ceil(time_left))
         # RabbitMQ quorum queues: native delayed delivery counts whole seconds and
         # kombu raises for 0 < countdown < 1 (the retry would be rejected and lost).
         # Celery's interval is whole seconds; this guards an override that is not.

@@ -108,6 +108,7 @@ def audit(conf) -> list[ConfigProblem]:
                 "derive CELERY_TASK_QUEUES from the queue table (QueueTable.kombu_queues())",
             )
         )
+    problems.extend(_sqlite_problems())
     if conf.task_create_missing_queues:
         problems.append(
             ConfigProblem(
@@ -119,6 +120,34 @@ def audit(conf) -> list[ConfigProblem]:
             )
         )
     return problems
+
+
+def _sqlite_problems() -> list[ConfigProblem]:
+    """A busy timeout as long as a soft time limit turns a wait for the lock into a dead letter.
+
+    SQLite has one write lock; a writer waits for it up to the busy timeout, then
+    gets "database is locked" (retried). Waiting until the time limit instead ends
+    the task for good, for a lock that a stuck writer may release a moment later.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES.get("default", {})
+    if not database.get("ENGINE", "").endswith("sqlite3"):
+        return []
+    busy_timeout = float(database.get("OPTIONS", {}).get("timeout", 5))
+    shortest = min(spec.soft_time_limit for spec in queue_table().specs)
+    if busy_timeout < shortest:
+        return []
+    return [
+        ConfigProblem(
+            "sqlite_busy_timeout_vs_time_limit",
+            "warning",
+            f"SQLite busy timeout {busy_timeout:g}s is not shorter than the shortest soft time "
+            f"limit {shortest}s: a task waiting for a stuck writer's lock ends as a time-limit "
+            "dead letter instead of retrying",
+            "lower SQLITE_BUSY_TIMEOUT (default 5) well below the shortest soft_time_limit",
+        )
+    ]
 
 
 def _rabbitmq_problems(conf, transport_options) -> list[ConfigProblem]:

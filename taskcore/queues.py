@@ -32,10 +32,15 @@ class QueueSpec:
     time_limit: int
     # Celery rate limit string per task type and worker ("100/m"), None for unlimited.
     rate_limit: str | None = None
-    # Retry policy for transient errors: exponential backoff with full jitter.
+    # Retry policy for transient errors: exponential backoff with full jitter
+    # (base and cap in seconds), until both max_retries and the horizon are spent.
     max_retries: int = 5
     retry_backoff_base: int = 2
     retry_backoff_cap: int = 300
+    # Seconds after a task's first attempt during which a transient error is
+    # retried however many attempts it takes: an outage shorter than this (a
+    # database restart or failover, a Redis restart) costs no task. 0: count only.
+    retry_horizon: int = 600
     # Worker shape (start here, then measure; see docs/benchmarks.md).
     worker_group: str = "all"
     pool: str = "prefork"
@@ -262,6 +267,7 @@ class QueueTableAnnotations:
             "retry_backoff": spec.retry_backoff_base,
             "retry_backoff_max": spec.retry_backoff_cap,
             "retry_jitter": True,
+            "retry_horizon": spec.retry_horizon,
         }
         # A task's own decorator options (stored on its generated class) win over the queue's.
         # Celery passes the task class here (Task.annotate is a classmethod).

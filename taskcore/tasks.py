@@ -49,12 +49,26 @@ def debug_task(self, message: str = "debug", sleep: float = 0.0) -> dict:
 
 @shared_task(name="taskcore.tasks.relay_outbox")
 def relay_outbox() -> dict:
-    """Publish outbox rows whose publish after commit failed (beat runs this often).
+    """Store parked dead letters, then publish outbox rows whose publish after commit failed.
 
-    Also stores the dead letters parked in Redis while the database was away.
+    Beat runs this every minute (maintenance/schedule.py), so dead letters parked
+    in Redis while the database was away are stored within a minute of its return
+    without anyone asking. A run that meets the database still away is not
+    retried and leaves no dead letter of its own: the next run is its retry.
     """
     from taskcore import deadletters, outbox
+    from taskcore.base import is_transient
+    from taskcore.secrets import mask_text
 
-    counts = outbox.relay()
-    counts["dead_letters_stored"] = deadletters.store_parked_dead_letters()
+    try:
+        stored = deadletters.store_parked_dead_letters()
+        counts = outbox.relay()
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        logger.warning(
+            "relay: %s; the next run tries again", mask_text(f"{type(exc).__name__}: {exc}")
+        )
+        return {"relayed": False, "error": type(exc).__name__}
+    counts["dead_letters_stored"] = stored
     return counts

@@ -28,6 +28,8 @@ def fails_permanently(reason: str) -> None:
     # Celery's backoff in whole seconds: 0 or 1 s before each retry.
     retry_backoff=1,
     retry_backoff_max=1,
+    # The count alone ends its retries (no time horizon), so tests can exhaust them.
+    retry_horizon=0,
 )
 def fails_transiently(self, key: str, failures: int) -> int:
     """Fail with a transient error the first ``failures`` calls for ``key``, then succeed."""
