@@ -78,6 +78,9 @@ class AdminBackendCelery(Celery):
 app = AdminBackendCelery("admin_backend", task_cls="taskcore.base:BaseTask")
 app.config_from_object(DjangoCelerySettings())
 app.autodiscover_tasks()
+# A worker that answers ping but takes no work restarts its consumer, then exits
+# (CELERY_WORKER_STALL_SECONDS; taskcore/watchdog.py).
+app.steps["consumer"].add("taskcore.watchdog:StallWatchdog")
 
 
 # The program this process runs: "worker" or "beat" once Celery starts it, "flower"

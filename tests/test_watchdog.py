@@ -1,0 +1,227 @@
+"""The stalled-worker watchdog (taskcore/watchdog.py) and R11 of the chaos suite.
+
+The judge is plain data: its tests feed it observations. The chaos tests stall a
+real worker's consumer (``taskcore.testing.faults``: its task channel reports no
+prefetch credit, as in the wedge of issue 19) while messages wait in its queue,
+and watch what an operator would: ``manage.py celery_health``'s JSON, the
+queue's depth, the tasks that run, the worker's exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taskcore.redis_clients import state_redis
+from taskcore.testing.waiting import wait_until
+from taskcore.watchdog import (
+    EXIT,
+    EXIT_STALLED,
+    RESTART_CONSUMER,
+    Observation,
+    ProgressJudge,
+)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+EXECUTIONS = "chaos:executions"
+
+
+def seen(now, *, waiting=5, free=2, started=0, reserved=(), poll_age=None) -> Observation:
+    return Observation(now, waiting, free, started, frozenset(reserved), poll_age)
+
+
+# --- the judge ------------------------------------------------------------------------
+def test_waiting_work_free_slots_and_no_progress_restart_the_consumer_then_exit():
+    judge = ProgressJudge(stall_seconds=60)
+    assert judge.observe(seen(0)).action is None  # the first look is the baseline
+    assert judge.observe(seen(10)).stalled_for == 0  # the stall starts being counted here
+    verdict = judge.observe(seen(40))
+    assert verdict.stalled_for == 30 and verdict.action is None
+    assert "5 messages wait" in verdict.reason
+    assert judge.observe(seen(70)).action == RESTART_CONSUMER
+    assert judge.observe(seen(100)).action is None  # a second period for the restart
+    assert judge.observe(seen(130)).action == EXIT
+    assert judge.consumer_restarts == 1
+
+
+def test_a_task_started_or_a_new_reservation_is_progress():
+    judge = ProgressJudge(stall_seconds=60)
+    judge.observe(seen(0, started=3, reserved={"a"}))
+    judge.observe(seen(10, started=3, reserved={"a"}))
+    assert judge.observe(seen(65, started=4, reserved={"a"})).action is None
+    judge.observe(seen(70, started=4, reserved={"a"}))
+    assert judge.observe(seen(125, started=4, reserved={"a", "b"})).action is None
+    assert judge.idle_since is None
+
+
+def test_requests_dropped_by_a_consumer_restart_are_not_progress():
+    judge = ProgressJudge(stall_seconds=60)
+    judge.observe(seen(0, reserved={"a", "b"}))
+    judge.observe(seen(10, reserved={"a", "b"}))
+    assert judge.observe(seen(70, reserved={"a", "b"})).action == RESTART_CONSUMER
+    assert judge.observe(seen(75, reserved=())).action is None
+    assert judge.observe(seen(131, reserved=())).action == EXIT
+
+
+@pytest.mark.parametrize(
+    "idle", [{"waiting": 0}, {"free": 0}, {"waiting": None}], ids=["empty", "busy", "unreadable"]
+)
+def test_an_empty_queue_a_busy_pool_or_an_unreadable_broker_is_no_stall(idle):
+    judge = ProgressJudge(stall_seconds=60)
+    for now in range(0, 300, 10):
+        assert judge.observe(seen(now, **idle)).action is None
+
+
+def test_progress_after_the_consumer_restart_cancels_the_exit():
+    judge = ProgressJudge(stall_seconds=60)
+    judge.observe(seen(0))
+    judge.observe(seen(10))
+    assert judge.observe(seen(70)).action == RESTART_CONSUMER
+    judge.observe(seen(75, started=1))
+    judge.observe(seen(80, started=1))
+    assert judge.observe(seen(135, started=1)).action is None
+    assert judge.observe(seen(140, started=1)).action == RESTART_CONSUMER
+
+
+def test_a_broker_read_outstanding_for_the_period_is_a_stall_even_without_waiting_work():
+    judge = ProgressJudge(stall_seconds=60)
+    judge.observe(seen(0, waiting=0))
+    verdict = judge.observe(seen(65, waiting=0, poll_age=61))
+    assert verdict.action == RESTART_CONSUMER
+    assert "half-open" in verdict.reason
+
+
+# --- R11: chaos ---------------------------------------------------------------------------
+def health_of_workers() -> dict:
+    """``manage.py celery_health --only workers --format json``: the workers check."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "celery_health", "--only", "workers", "--format", "json"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(done.stdout)
+    return next(check for check in report["checks"] if check["name"] == "workers")
+
+
+def send_executions(app, count: int, prefix: str) -> None:
+    with app.producer_or_acquire() as producer:
+        for index in range(count):
+            app.send_task(
+                "taskcore.testing.record_execution",
+                args=[f"{prefix}-{index}", 0],
+                queue="default",
+                producer=producer,
+                ignore_result=True,
+            )
+
+
+def stall(app, worker, *, persist: bool) -> None:
+    replies = app.control.broadcast(
+        "testing_stall_consumer",
+        arguments={"persist": persist},
+        destination=[worker.hostname],
+        reply=True,
+        timeout=5,
+    )
+    assert replies, "the worker did not take the fault"
+
+
+@pytest.mark.chaos
+def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, start_worker):
+    """Default period (60 s): reported stalled within 60 s, consuming again within 90 s."""
+    from tests.test_chaos import record_figures
+
+    total = 300
+    worker = start_worker(["default"], concurrency=2, env={"CELERY_LOG_LEVEL": "INFO"})
+    pid = worker.process.pid
+    stall(app, worker, persist=False)
+    send_executions(app, total, "r11")
+    stalled_at = time.monotonic()
+    client = state_redis()
+    reported = resumed = restarted = None
+    depth_while_stalled: list[int] = []
+    detail = ""
+    while time.monotonic() - stalled_at < 150:
+        if restarted is None and "restarting its consumer" in worker.output():
+            restarted = time.monotonic() - stalled_at
+        ran = client.llen(EXECUTIONS)
+        if ran and resumed is None:
+            resumed = time.monotonic() - stalled_at
+        if resumed is None:
+            depth_while_stalled.append(client.llen("default"))
+        if reported is None:
+            check = health_of_workers()
+            if check["status"] == "critical" and "stalled" in check["detail"]:
+                reported, detail = time.monotonic() - stalled_at, check["detail"]
+        if ran >= total:
+            break
+        time.sleep(1)
+    ran = client.llen(EXECUTIONS)
+    log = worker.output()
+    figures = {
+        "stall_seconds": 60,
+        "sent": total,
+        "reported_stalled_after_s": None if reported is None else round(reported, 1),
+        "consumer_restart_logged_after_s": None if restarted is None else round(restarted, 1),
+        "resumed_after_s": None if resumed is None else round(resumed, 1),
+        "ran": ran,
+        "min_depth_while_stalled": min(depth_while_stalled) if depth_while_stalled else None,
+        "same_process": worker.process.poll() is None and worker.process.pid == pid,
+    }
+    record_figures("R11 consumer restart", figures)
+    assert reported is not None and reported <= 60, (figures, log[-3000:])
+    assert "answer ping but make no progress" in detail
+    assert resumed is not None and resumed <= 90, (figures, log[-3000:])
+    assert "restarting its consumer" in log and figures["same_process"], figures
+    assert figures["min_depth_while_stalled"] and figures["min_depth_while_stalled"] > 0
+    assert ran == total, figures
+    # The next tick of the watchdog (at most 5 s) publishes the progress.
+    assert wait_until(lambda: health_of_workers()["status"] == "ok", timeout=20)
+
+
+@pytest.mark.chaos
+def test_r11_a_stall_a_consumer_restart_cannot_cure_ends_the_process_with_status_69(
+    app, start_worker
+):
+    """The fault survives the consumer restart: the worker exits, a fresh process drains."""
+    from tests.test_chaos import record_figures
+
+    period, total = 15, 50
+    env = {"CELERY_WORKER_STALL_SECONDS": str(period), "CELERY_LOG_LEVEL": "INFO"}
+    worker = start_worker(["default"], concurrency=2, env=env)
+    stall(app, worker, persist=True)
+    send_executions(app, total, "r11-exit")
+    stalled_at = time.monotonic()
+    try:
+        status = worker.process.wait(timeout=2 * period + 60)
+    except subprocess.TimeoutExpired:
+        status = None
+    exited_after = time.monotonic() - stalled_at
+    log = worker.output()
+    client = state_redis()
+    waiting_at_exit = client.llen("default")
+    # What the supervisor does (start_celery.sh, Compose, systemd): start it again.
+    start_worker(["default"], concurrency=2, env=env)
+    deadline = time.monotonic() + 60
+    while client.llen(EXECUTIONS) < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    figures = {
+        "stall_seconds": period,
+        "exit_status": status,
+        "exited_after_s": round(exited_after, 1),
+        "waiting_at_exit": waiting_at_exit,
+        "ran_after_restart": client.llen(EXECUTIONS),
+    }
+    record_figures("R11 exit", figures)
+    assert status == EXIT_STALLED, (figures, log[-3000:])
+    assert "restarting its consumer" in log and "still stalled" in log
+    assert exited_after >= 2 * period - 5, figures  # one consumer restart was tried first
+    assert waiting_at_exit == total
+    assert figures["ran_after_restart"] == total, figures
