@@ -225,3 +225,40 @@ def test_r11_a_stall_a_consumer_restart_cannot_cure_ends_the_process_with_status
     assert exited_after >= 2 * period - 5, figures  # one consumer restart was tried first
     assert waiting_at_exit == total
     assert figures["ran_after_restart"] == total, figures
+
+
+# --- a broker that answers but refuses writes is critical -------------------------------
+def broker_check(url: str, monkeypatch):
+    from celery import Celery
+
+    from taskcore.health import run_health
+
+    # Celery's variables win over arguments (as in tests/test_chaos.py).
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+    app = Celery("refusing-broker", broker=url, backend=url, set_as_current=False)
+    report = run_health(app, only=["broker"], timeout=5)
+    return next(result for result in report.results if result.name == "broker")
+
+
+def test_a_redis_out_of_memory_answers_ping_but_the_broker_check_is_critical(
+    private_redis, monkeypatch
+):
+    server = private_redis("--maxmemory", "1", "--maxmemory-policy", "noeviction")
+    result = broker_check(server.url, monkeypatch)
+    assert result.status.value == "critical", result
+    assert "refuses writes: out of memory" in result.detail
+    assert "maxmemory" in result.remedy
+
+
+def test_a_paused_redis_makes_the_broker_check_critical_within_its_timeout(
+    private_redis, monkeypatch
+):
+    import redis
+
+    server = private_redis()
+    assert broker_check(server.url, monkeypatch).status.value == "ok"
+    redis.Redis.from_url(server.url).execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+    result = broker_check(server.url, monkeypatch)
+    assert result.status.value == "critical", result
+    assert "a write did not complete" in result.detail

@@ -124,6 +124,8 @@ def broker_write_refusal(ctx: HealthContext) -> str | None:
     except Exception as exc:
         if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
             return f"a write did not complete within {timeout:.1f}s"
+        if "maxmemory" in str(exc):
+            return f"out of memory ({exc})"
         return f"{type(exc).__name__}: {exc}"
     return None
 
