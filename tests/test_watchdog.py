@@ -110,6 +110,29 @@ def health_of_workers() -> dict:
     return next(check for check in report["checks"] if check["name"] == "workers")
 
 
+def worker_healthcheck(node: str) -> subprocess.CompletedProcess:
+    """What the Compose healthcheck of a worker container runs after the spec's ping."""
+    return subprocess.run(
+        [sys.executable, "deploy/healthcheck.py", "worker", node],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_worker_container_healthcheck_passes_a_working_worker_and_fails_a_missing_one(
+    start_worker,
+):
+    worker = start_worker(["default"], concurrency=1)
+    healthy = worker_healthcheck(worker.hostname)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert f"{worker.hostname} answers and makes progress" in healthy.stdout
+    missing = worker_healthcheck("nobody@nowhere")
+    assert missing.returncode == 1
+    assert "nobody@nowhere does not answer" in missing.stdout
+
+
 def send_executions(app, count: int, prefix: str) -> None:
     with app.producer_or_acquire() as producer:
         for index in range(count):
@@ -160,6 +183,7 @@ def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, 
             check = health_of_workers()
             if check["status"] == "critical" and "stalled" in check["detail"]:
                 reported, detail = time.monotonic() - stalled_at, check["detail"]
+                container_check = worker_healthcheck(worker.hostname)
         if ran >= total:
             break
         time.sleep(1)
@@ -178,6 +202,8 @@ def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, 
     record_figures("R11 consumer restart", figures)
     assert reported is not None and reported <= 60, (figures, log[-3000:])
     assert "answer ping but make no progress" in detail
+    # The container healthcheck (deploy/healthcheck.py worker) saw it too.
+    assert container_check.returncode == 1 and "is stalled" in container_check.stdout
     assert resumed is not None and resumed <= 90, (figures, log[-3000:])
     assert "restarting its consumer" in log and figures["same_process"], figures
     assert figures["min_depth_while_stalled"] and figures["min_depth_while_stalled"] > 0
