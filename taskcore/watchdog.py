@@ -33,9 +33,9 @@ worker, expiring unless renewed), which ``celery_health``'s ``workers`` check
 reads: a worker stalled for half the period is reported critical ("stalled").
 
 Cost: nothing per task; per tick one broker round trip and one state write, in
-the event loop. A worker whose event loop itself is blocked fires no timer,
-but then it answers no ping either, which the ``workers`` check and the
-container healthcheck report.
+the event loop (0.5 s timeouts; none for 30 s after one failed). A worker
+whose event loop itself is blocked fires no timer, but then it answers no ping
+either, which the ``workers`` check and the container healthcheck report.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ DEFAULT_STALL_SECONDS = 60.0
 # the worker acts, so an operator sees it; and for good when the cure fails).
 REPORT_FRACTION = 0.5
 KEY_PREFIX = "taskcore:worker:progress:"
+# The watchdog's Redis reads and writes run in the event loop: short timeouts, and
+# after a failure none for a while, so an unreachable Redis (packets dropped)
+# does not hold the loop a few seconds every tick.
+PROBE_TIMEOUT = 0.5
+PROBE_BACKOFF_SECONDS = 30.0
 
 
 def progress_key(hostname: str) -> str:
@@ -164,6 +169,11 @@ class StallWatchdog(bootsteps.StartStopStep):
         self._broker = None
         self._state = None
         self._unreadable_logged = False
+        self._probe_failed_at: float | None = None
+
+    def _probing(self) -> bool:
+        failed = self._probe_failed_at
+        return failed is None or time.monotonic() - failed >= PROBE_BACKOFF_SECONDS
 
     def start(self, c):
         self._cancel()
@@ -253,10 +263,11 @@ class StallWatchdog(bootsteps.StartStopStep):
         from taskcore.redis_clients import NotRedis, broker_redis
 
         queues = [queue.name for queue in c.task_consumer.queues]
+        if not self._probing():
+            return None
         try:
             if self._broker is None:
-                # A probe client: short timeouts, since it runs in the event loop.
-                self._broker = broker_redis(c.app, timeout=2.0)
+                self._broker = broker_redis(c.app, timeout=PROBE_TIMEOUT)
             layout = RedisLayout.from_transport_options(c.app.conf.broker_transport_options)
             now = time.time()
             with self._broker.pipeline(transaction=False) as pipe:
@@ -268,11 +279,12 @@ class StallWatchdog(bootsteps.StartStopStep):
         except NotRedis:
             return None
         except Exception as exc:
+            self._probe_failed_at = time.monotonic()
             if not self._unreadable_logged:
                 logger.warning("stall watchdog: cannot read the queues: %s", exc)
                 self._unreadable_logged = True
             return None
-        self._unreadable_logged = False
+        self._unreadable_logged, self._probe_failed_at = False, None
         return sum(int(reply or 0) for reply in replies)
 
     def publish(self, c, seen: Observation, verdict: Verdict) -> None:
@@ -295,15 +307,18 @@ class StallWatchdog(bootsteps.StartStopStep):
             "stall_seconds": self.stall_seconds,
             "consumer_restarts": self.judge.consumer_restarts,
         }
+        if not self._probing():
+            return
         try:
             if self._state is None:
-                self._state = state_redis(c.app, timeout=2.0)
+                self._state = state_redis(c.app, timeout=PROBE_TIMEOUT)
             key = progress_key(c.hostname)
             with self._state.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=record)
                 pipe.expire(key, int(3 * _tick_seconds(self.stall_seconds)) + 5)
                 pipe.execute()
         except Exception as exc:  # a state Redis that refuses writes must not stop the check
+            self._probe_failed_at = time.monotonic()
             logger.debug("stall watchdog: verdict not published: %s", exc)
 
 
