@@ -157,12 +157,16 @@ def stall(app, worker, *, persist: bool) -> None:
 
 
 @pytest.mark.chaos
-def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, start_worker):
-    """Default period (60 s): reported stalled within 60 s, consuming again within 90 s."""
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, start_worker, pool):
+    """Default period (60 s): reported stalled within 60 s, consuming again within 90 s.
+
+    Both worker shapes of the queue table (threads: the shape issue 19 saw wedged).
+    """
     from tests.test_chaos import record_figures
 
     total = 300
-    worker = start_worker(["default"], concurrency=2, env={"CELERY_LOG_LEVEL": "INFO"})
+    worker = start_worker(["default"], concurrency=2, pool=pool, env={"CELERY_LOG_LEVEL": "INFO"})
     pid = worker.process.pid
     stall(app, worker, persist=False)
     send_executions(app, total, "r11")
@@ -191,6 +195,7 @@ def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, 
     log = worker.output()
     figures = {
         "stall_seconds": 60,
+        "pool": pool,
         "sent": total,
         "reported_stalled_after_s": None if reported is None else round(reported, 1),
         "consumer_restart_logged_after_s": None if restarted is None else round(restarted, 1),
@@ -199,7 +204,7 @@ def test_r11_a_stalled_consumer_is_reported_and_restarted_while_work_waits(app, 
         "min_depth_while_stalled": min(depth_while_stalled) if depth_while_stalled else None,
         "same_process": worker.process.poll() is None and worker.process.pid == pid,
     }
-    record_figures("R11 consumer restart", figures)
+    record_figures(f"R11 consumer restart {pool}", figures)
     assert reported is not None and reported <= 60, (figures, log[-3000:])
     assert "answer ping but make no progress" in detail
     # The container healthcheck (deploy/healthcheck.py worker) saw it too.
