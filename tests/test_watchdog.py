@@ -10,6 +10,7 @@ queue's depth, the tasks that run, the worker's exit status.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,13 @@ from taskcore.watchdog import (
     RESTART_CONSUMER,
     Observation,
     ProgressJudge,
+)
+from tests.test_deploy_start_script import (  # noqa: F401 - fixtures used below
+    WORKER_NODE,
+    _ping,
+    probe_app,
+    run_script,
+    script_env,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -293,3 +301,50 @@ def test_a_paused_redis_makes_the_broker_check_critical_within_its_timeout(
     result = broker_check(server.url, monkeypatch)
     assert result.status.value == "critical", result
     assert "a write did not complete" in result.detail
+
+
+@pytest.mark.chaos
+def test_r11_start_celery_sh_restarts_a_worker_the_watchdog_stopped(
+    script_env,  # noqa: F811 - fixtures of tests/test_deploy_start_script.py
+    run_script,  # noqa: F811
+    probe_app,  # noqa: F811
+):
+    """The whole path with the development supervisor: stall, exit 69, restart, drained."""
+    import redis
+
+    from tests.test_chaos import record_figures
+
+    period, total = 10, 50
+    env = {**script_env, "CELERY_WORKER_STALL_SECONDS": str(period), "RESTART_MAX_ATTEMPTS": "3"}
+    run = run_script(["--no-setup", "--no-beat", "--no-web", "--no-flower", "--no-smtp"], env)
+    run.wait_for(r"running; press Ctrl-C to stop")
+    _ping(probe_app, WORKER_NODE)
+    replies = probe_app.control.broadcast(
+        "testing_stall_consumer",
+        arguments={"persist": True},
+        destination=[WORKER_NODE],
+        reply=True,
+        timeout=5,
+    )
+    assert replies
+    send_executions(probe_app, total, "r11-script")
+    stalled_at = time.monotonic()
+    run.wait_for(r"worker stopped itself: stalled")
+    restarted = time.monotonic() - stalled_at
+    run.wait_for(r"worker exited with status 69; restart 1 of 3")
+    client = redis.Redis.from_url(script_env["CELERY_BROKER_URL"])
+    deadline = time.monotonic() + 90
+    while client.llen(EXECUTIONS) < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    drained = time.monotonic() - stalled_at
+    figures = {
+        "stall_seconds": period,
+        "sent": total,
+        "script_restarted_worker_after_s": round(restarted, 1),
+        "drained_after_s": round(drained, 1),
+        "ran": client.llen(EXECUTIONS),
+    }
+    record_figures("R11 start_celery.sh", figures)
+    assert figures["ran"] == total, (figures, run.output()[-4000:])
+    run.process.send_signal(signal.SIGINT)
+    assert run.wait(90) == 0, run.output()[-4000:]
