@@ -221,6 +221,9 @@ supervise_once() {
             remedy "see its last lines above and the log in $LOG_DIR/, fix .env, start again"
             shutdown 1
         elif restart_allowed "$index"; then
+            # 69: the stall watchdog (taskcore/watchdog.py) ended a worker that took no
+            # waiting work even after restarting its consumer; a fresh process does.
+            [ "$status" != 69 ] || warn "$name stopped itself: stalled, no waiting work taken even after a consumer restart (stall watchdog)"
             warn "$name exited with status $status; restart $((RESTARTS_IN_WINDOW + 1)) of $RESTART_MAX_ATTEMPTS allowed within ${RESTART_WINDOW}s, in ${RESTART_DELAY}s"
             pause "$RESTART_DELAY"
             [ "$SHUTTING_DOWN" = 1 ] && return 0

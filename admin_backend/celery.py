@@ -82,6 +82,9 @@ app.config_from_object(DjangoCelerySettings())
 app.autodiscover_tasks()
 # Redis result backends that wait out a Redis at maxmemory (taskcore/results.py).
 app.loader.override_backends = results.BACKENDS
+# A worker that answers ping but takes no work restarts its consumer, then exits
+# (CELERY_WORKER_STALL_SECONDS; taskcore/watchdog.py).
+app.steps["consumer"].add("taskcore.watchdog:StallWatchdog")
 
 
 # The program this process runs: "worker" or "beat" once Celery starts it, "flower"

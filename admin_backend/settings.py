@@ -519,6 +519,10 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A message that is not a valid task message becomes a dead letter (reason
 # "refused"); it never reaches, nor stops, the worker (taskcore/consumer.py).
 CELERY_WORKER_CONSUMER = "taskcore.consumer:GuardedConsumer"
+# Stall watchdog (taskcore/watchdog.py): messages wait, slots are free, nothing
+# taken for this many seconds -> the worker restarts its consumer, and exits with
+# status 69 when that does not help within as long again. 0 turns it off.
+CELERY_WORKER_STALL_SECONDS = env.float("CELERY_WORKER_STALL_SECONDS", default=60.0)
 
 # JSON only: a pickle message is refused by the worker, never deserialised.
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -121,8 +121,12 @@ def service_block(
         f"    stop_grace_period: {grace_period(command['queues'], limits)}s",
         "    healthcheck:",
         "      <<: *worker-healthcheck",
+        # The spec's ping, then the celery_health checks judged for this worker:
+        # a worker that answers but is stalled (taskcore/watchdog.py), or a broker
+        # that refuses writes, is unhealthy too.
         '      test: ["CMD-SHELL", "celery -A admin_backend inspect ping'
-        f' -d {node}@$$HOSTNAME --timeout 10 > /dev/null"]',
+        f" -d {node}@$$HOSTNAME --timeout 10 > /dev/null &&"
+        f' python deploy/healthcheck.py worker {node}@$$HOSTNAME"]',
     ]
     return "\n".join(lines)
 

@@ -3,11 +3,15 @@
     python deploy/healthcheck.py web      # GET /health/live answers 200
     python deploy/healthcheck.py beat     # the PID file names a running beat process
     python deploy/healthcheck.py flower   # Flower's HTTP API answers (with its login)
+    python deploy/healthcheck.py worker worker@$HOSTNAME   # celery_health's checks, for one worker
 
 Exit code 0 healthy, 1 unhealthy (what Docker's HEALTHCHECK expects), with one
 line saying why. Workers are checked with the spec's
-``celery -A admin_backend inspect ping -d worker@$HOSTNAME`` instead, and the
-whole system with ``python manage.py celery_health``.
+``celery -A admin_backend inspect ping -d worker@$HOSTNAME`` and then ``worker``
+(the one check here that loads Django: it runs celery_health's ``broker`` and
+``workers`` checks and judges them for that worker, so a worker that answers but
+is stalled, or a broker that refuses writes, is unhealthy); the whole system
+with ``python manage.py celery_health``.
 """
 
 from __future__ import annotations
@@ -98,6 +102,37 @@ def check_flower(url: str, timeout: float) -> tuple[bool, str]:
     return True, f"{url} answered 200"
 
 
+def check_worker(node: str, timeout: float) -> tuple[bool, str]:
+    """celery_health's ``broker`` and ``workers`` checks, judged for the worker ``node``.
+
+    The same code path as ``celery_health`` and ``/health/ready`` (run_health);
+    another worker's stall does not make this container unhealthy.
+    """
+    sys.path.insert(0, str(PROJECT_DIR))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "admin_backend.settings")
+    import django
+
+    django.setup()
+    from admin_backend.celery import app
+    from taskcore.health import run_health
+
+    results = {
+        result.name: result
+        for result in run_health(app, only=["broker", "workers"], timeout=timeout).results
+    }
+    broker = results.get("broker")
+    if broker is None or broker.status.value == "critical":
+        return False, f"broker: {broker.detail if broker else 'not checked'}"
+    workers = results.get("workers")
+    data = (workers.data or {}) if workers else {}
+    if node not in (data.get("workers") or {}):
+        return False, f"{node} does not answer: {workers.detail if workers else 'not checked'}"
+    stalled = (data.get("stalled") or {}).get(node)
+    if stalled:
+        return False, f"{node} is stalled: {stalled['reason']}"
+    return True, f"{node} answers and makes progress"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="service", required=True)
@@ -118,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "--url",
         default=f"http://127.0.0.1:{os.environ.get('FLOWER_PORT', '5555')}/api/workers?status=1",
     )
+    worker = sub.add_parser("worker")
+    worker.add_argument("node", help="the worker's node name, e.g. worker@$HOSTNAME")
     parser.add_argument("--timeout", type=float, default=5.0)
     options = parser.parse_args(argv)
     try:
@@ -125,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             healthy, message = check_web(options.url, options.timeout)
         elif options.service == "beat":
             healthy, message = check_beat(options.pidfile)
+        elif options.service == "worker":
+            healthy, message = check_worker(options.node, options.timeout)
         else:
             healthy, message = check_flower(options.url, options.timeout)
     except (OSError, ValueError) as exc:  # refused, timed out, bad URL

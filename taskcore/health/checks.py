@@ -94,12 +94,49 @@ def check_broker(ctx: HealthContext) -> CheckResult:
             "network between this host and Redis",
         )
     via = " (primary found through Sentinel)" if ctx.kind == "sentinel" else ""
+    refusal = broker_write_refusal(ctx)
+    if refusal:
+        # A Redis that answers PING but refuses writes takes no publish, reservation or
+        # acknowledgement: work stops as surely as when it is down.
+        return critical(
+            "broker",
+            f"Redis {version} at {url}{via} answers but refuses writes: {refusal}",
+            "out of memory: raise maxmemory or drain the queues (redis-cli INFO memory); "
+            "READONLY: the URL names a replica; MISCONF: Redis cannot persist (disk full?); "
+            "a write that does not complete: CLIENT PAUSE, a stalled disk under AOF, overload",
+            latency_ms=round(rtt, 3),
+            data={"url": url, "kind": ctx.kind, "version": version, "writable": False},
+        )
     return ok(
         "broker",
         f"Redis {version} at {url}{via} answers in {rtt:.1f} ms",
         latency_ms=round(rtt, 3),
         data={"url": url, "kind": ctx.kind, "version": version, "rtt_ms": round(rtt, 3)},
     )
+
+
+WRITE_PROBE_KEY = "taskcore:health:write-probe"
+
+
+def broker_write_refusal(ctx: HealthContext) -> str | None:
+    """Why the broker's Redis refuses a small write (SET with expiry), None when it takes it.
+
+    Its own client with a short timeout: a paused Redis (CLIENT PAUSE WRITE)
+    holds the write without an error, and must not hold the whole health run.
+    """
+    from taskcore.redis_clients import broker_redis
+
+    timeout = max(0.2, min(1.0, ctx.remaining() - 0.5))
+    try:
+        client = broker_redis(ctx.app, timeout)
+        client.set(WRITE_PROBE_KEY, str(time.time()), ex=60)
+    except Exception as exc:
+        if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
+            return f"a write did not complete within {timeout:.1f}s"
+        if "maxmemory" in str(exc):
+            return f"out of memory ({exc})"
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _not_on_rabbitmq(name: str) -> CheckResult:
@@ -230,6 +267,20 @@ def check_workers(ctx: HealthContext) -> CheckResult:
         for worker, queues in sorted(census.queues_by_worker.items())
     )
     in_flight = f"; {unacked} messages in flight (taken, not yet acknowledged)" if unacked else ""
+    stalled = _stalled_workers(ctx, census.workers)
+    data["stalled"] = stalled
+    if stalled:
+        return critical(
+            "workers",
+            f"{len(stalled)} of {len(census.workers)} workers answer ping but make no progress "
+            "(stalled): "
+            + "; ".join(f"{worker}: {verdict['reason']}" for worker, verdict in stalled.items()),
+            "each restarts its consumer after CELERY_WORKER_STALL_SECONDS and exits with status "
+            "69 if that does not help (its supervisor restarts it); if it stays: restart it, "
+            "and see logs/celery.log (taskcore.watchdog) and docs/operations.md, Stalled workers",
+            latency_ms=latency,
+            data=data,
+        )
     if census.silent:
         return warning(
             "workers",
@@ -247,6 +298,28 @@ def check_workers(ctx: HealthContext) -> CheckResult:
         latency_ms=latency,
         data=data,
     )
+
+
+def _stalled_workers(ctx: HealthContext, workers: list[str]) -> dict[str, dict]:
+    """Workers whose stall watchdog (taskcore/watchdog.py) says they make no progress."""
+    from taskcore.watchdog import read_verdicts
+
+    if not workers:
+        return {}
+    try:
+        verdicts = read_verdicts(ctx.liveness(), workers)
+    except Exception:
+        return {}  # the state Redis is reported by its own checks
+    stalled = {}
+    for worker, verdict in verdicts.items():
+        if verdict.get("stalled") == "1":
+            stalled[worker] = {
+                "reason": verdict.get("reason", ""),
+                "stalled_for_s": float(verdict.get("stalled_for") or 0),
+                "consumer_restarts": int(verdict.get("consumer_restarts") or 0),
+                "waiting": verdict.get("waiting"),
+            }
+    return stalled
 
 
 def _queue_result(

@@ -116,6 +116,10 @@ class ReportCollector:
             family = _gauge("workers", "Workers answering the control broadcast")
             family.add_metric([], workers.data["count"])
             yield family
+            # Answering but taking no waiting work (taskcore/watchdog.py).
+            family = _gauge("workers_stalled", "Workers that answer but make no progress")
+            family.add_metric([], len(workers.data.get("stalled") or {}))
+            yield family
             if workers.data.get("unacked") is not None:
                 family = _gauge("messages_unacked", "Messages taken by workers, not yet acked")
                 family.add_metric([], workers.data["unacked"])

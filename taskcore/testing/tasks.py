@@ -14,6 +14,7 @@ from django.core.cache import cache
 
 from taskcore.base import PermanentError, TransientError
 from taskcore.idempotency import effect_once
+from taskcore.testing import faults  # noqa: F401 - registers the workers' fault commands
 
 
 @shared_task(name="taskcore.testing.fails_permanently")
