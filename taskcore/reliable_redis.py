@@ -194,6 +194,9 @@ class AtomicReserveMixin:
         # Acks sent with the reservation in flight; given back if Redis refuses it.
         self._acks_in_flight: list[str] = []
         self._memory_warned_at = float("-inf")
+        # When Redis last refused a reservation for memory (the stall watchdog's cue
+        # that the consumer waits for Redis, and a restart would not help).
+        self.refused_for_memory_at = float("-inf")
         # When the earliest delayed message of the consumed queues is due (epoch
         # seconds), as the last reservation saw: an idle consumer wakes up for it.
         self._next_due: float | None = None
@@ -270,7 +273,7 @@ class AtomicReserveMixin:
         self._pending_acks[:0] = self._acks_in_flight
         self._acks_in_flight = []
         self._expect_messages = False
-        now = monotonic()
+        now = self.refused_for_memory_at = monotonic()
         if now - self._memory_warned_at > 60:
             self._memory_warned_at = now
             logger.warning(

@@ -265,6 +265,10 @@ class StallWatchdog(bootsteps.StartStopStep):
         queues = [queue.name for queue in c.task_consumer.queues]
         if not self._probing():
             return None
+        channel = getattr(c.task_consumer, "channel", None)
+        refused_at = getattr(channel, "refused_for_memory_at", float("-inf"))
+        if time.monotonic() - refused_at < 2 * _tick_seconds(self.stall_seconds):
+            return None  # Redis refuses writes (maxmemory): waiting for it, not stalled
         try:
             if self._broker is None:
                 self._broker = broker_redis(c.app, timeout=PROBE_TIMEOUT)
