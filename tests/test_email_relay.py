@@ -293,3 +293,45 @@ def test_one_pipelined_connection_keeps_each_messages_outcome_apart(relay):
     )
     # Dot-stuffed on the way (RFC 5321 4.5.2), as the server un-stuffs it.
     assert relay.contents == [body] * 3
+
+
+def test_a_relay_refusing_at_the_greeting_backs_the_connection_off_then_gives_up(
+    settings, monkeypatch
+):
+    import socket
+
+    from notifications import smtp
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    greeted = []
+
+    def refuse_everyone():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            greeted.append(1)
+            client.sendall(b"421 4.3.2 Too many connections, try later\r\n")
+            client.close()
+
+    threading.Thread(target=refuse_everyone, daemon=True).start()
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", listener.getsockname()[1]
+    monkeypatch.setattr(smtp, "BACKOFF_FIRST", 0.01)  # the schedule's shape, not its length
+    monkeypatch.setattr(smtp, "BACKOFF_CAP", 0.05)
+    connection = smtp.Connection(smtp._Backend(fail_silently=False))
+    envelope = smtp.Envelope(
+        "ann", "no-reply@example.org", "ann@example.org", b"Subject: s\r\n\r\n"
+    )
+    try:
+        for refusals in range(1, smtp.MAX_REFUSALS + 1):
+            connection.pause()
+            with pytest.raises(smtp.Interrupted) as interrupted:
+                connection.push(envelope)
+            assert interrupted.value.envelopes == [envelope]  # handed back, not lost
+            assert connection.refusals == refusals
+        with pytest.raises(smtp.RelayRefusing, match="refused 8 times in a row"):
+            connection.pause()
+    finally:
+        listener.close()
+    assert len(greeted) == smtp.MAX_REFUSALS
