@@ -72,13 +72,11 @@ def message_id_domain() -> str:
 def claim_lease_seconds() -> int:
     """How long a batch's claim holds without being renewed.
 
-    A running batch renews its claims before each message once FLUSH_SECONDS
-    have passed, so only a dead batch (or one stuck in a single SMTP exchange
-    for this long) lets its claims lapse; then another task may take them over.
-    No time limit is relied on (the email queue's prefork pool enforces the
-    queue's, shorter than the lease; at the soft one a batch releases what it
-    has not sent). One message takes at most a connect and four commands, each
-    bounded by EMAIL_TIMEOUT.
+    A running batch renews its claims every FLUSH_SECONDS from the task's own
+    thread while its sending threads wait on the relay, so only a dead batch
+    lets its claims lapse; then another task may take them over. No time limit
+    is relied on (the email queue's prefork pool enforces the queue's, shorter
+    than the lease; at the soft one a batch releases what it has not sent).
     """
     timeout = getattr(settings, "EMAIL_TIMEOUT", None) or 30
     return max(300, 10 * int(timeout))

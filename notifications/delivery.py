@@ -49,9 +49,7 @@ from taskcore.base import TransientError
 from . import conf, sentlog, suppression
 from .composing import MessageComposer
 from .models import Campaign, Delivery, Suppression
-from .sending import BatchSender, Result, smtp_answer
-
-__all__ = ["BatchOutcome", "claim", "deliver_batch", "give_up", "release", "smtp_answer"]
+from .sending import BatchSender, Result
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status

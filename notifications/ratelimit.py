@@ -80,6 +80,15 @@ class EmailRateLimit:
         self.mean_gap = item.get_expiry() / item.amount
         self._turn = threading.Lock()
 
+    def try_take(self) -> bool:
+        """Take a token if one is free now, without waiting."""
+        if not self._turn.acquire(blocking=False):
+            return False
+        try:
+            return self.limiter.hit(self.item, IDENTIFIER)
+        finally:
+            self._turn.release()
+
     def take(self) -> None:
         """Take one token, waiting briefly; ``RateLimited`` if none comes in time."""
         deadline = time.monotonic() + MAX_WAIT_SECONDS

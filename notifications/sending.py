@@ -143,7 +143,11 @@ class BatchSender:
                     self._record(envelope_or_result)
                     continue
                 connection.pause()
-                if self._limit:
+                if self._limit and not self._limit.try_take():
+                    # The message in flight goes out now, not when the next token
+                    # comes: its arrival stays next to its token, so the relay
+                    # sees the rate the limiter grants, not a jittered one.
+                    self._record_smtp(connection.finish())
                     self._limit.take()
                 self._record_smtp(connection.push(envelope_or_result))
             except smtp.Interrupted as exc:

@@ -60,6 +60,10 @@ class Envelope:
     data: bytes
 
 
+# Stands for the answers a closed session never gave.
+LOST = (0, b"connection lost")
+
+
 class PipeliningSMTP(smtplib.SMTP):
     """smtplib with RFC 2920 pipelining of one message's end and the next one's start.
 
@@ -110,8 +114,14 @@ class PipeliningSMTP(smtplib.SMTP):
             return finished, None
         answers = []
         for _ in range(3):
-            answers.append(self._reply_or_close())
-            if answers[-1][0] == 421:
+            try:
+                answers.append(self._reply_or_close())
+            except smtplib.SMTPServerDisconnected:
+                if finishing is None:
+                    raise
+                # The message before was taken (its answer is read): say so.
+                answers.append(LOST)
+            if answers[-1][0] in (421, LOST[0]):
                 return finished, answers
         if answers[2][0] == 354 and (answers[0][0] != 250 or answers[1][0] not in (250, 251)):
             # A server that took DATA without a sender or recipient: end it empty.
@@ -216,6 +226,8 @@ class Connection:
         if starting is None:
             self._succeeded()
             return done
+        if answers and answers[-1] == LOST:
+            self._lost([starting], done)
         if not answers or answers[-1][0] == 421:
             self._refused(answers[-1] if answers else (421, b"closed"), [starting], done)
         mail, rcpt, data = answers
@@ -258,12 +270,12 @@ class Connection:
         self.refusals = self.disconnects = 0
         self.last_used = time.monotonic()
 
-    def _lost(self, envelopes: list[Envelope]):
+    def _lost(self, envelopes: list[Envelope], done=()):
         # Closed while idle (relays drop quiet sessions) or under a message: the
         # messages go again on a fresh session; twice in a row is an outage.
         self.close()
         self.disconnects += 1
-        raise Interrupted(envelopes)
+        raise Interrupted(envelopes, completed=list(done))
 
     def _refused(self, answer, envelopes: list[Envelope], done=()) -> None:
         """421 or a 4xx to MAIL FROM: back off, hand the messages back (what completed stays)."""

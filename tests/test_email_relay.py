@@ -293,3 +293,89 @@ def test_one_pipelined_connection_keeps_each_messages_outcome_apart(relay):
     )
     # Dot-stuffed on the way (RFC 5321 4.5.2), as the server un-stuffs it.
     assert relay.contents == [body] * 3
+
+
+def test_a_relay_refusing_at_the_greeting_backs_the_connection_off_then_gives_up(
+    settings, monkeypatch
+):
+    import socket
+
+    from notifications import smtp
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    greeted = []
+
+    def refuse_everyone():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            greeted.append(1)
+            client.sendall(b"421 4.3.2 Too many connections, try later\r\n")
+            client.close()
+
+    threading.Thread(target=refuse_everyone, daemon=True).start()
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", listener.getsockname()[1]
+    monkeypatch.setattr(smtp, "BACKOFF_FIRST", 0.01)  # the schedule's shape, not its length
+    monkeypatch.setattr(smtp, "BACKOFF_CAP", 0.05)
+    connection = smtp.Connection(smtp._Backend(fail_silently=False))
+    envelope = smtp.Envelope(
+        "ann", "no-reply@example.org", "ann@example.org", b"Subject: s\r\n\r\n"
+    )
+    try:
+        for refusals in range(1, smtp.MAX_REFUSALS + 1):
+            connection.pause()
+            with pytest.raises(smtp.Interrupted) as interrupted:
+                connection.push(envelope)
+            assert interrupted.value.envelopes == [envelope]  # handed back, not lost
+            assert connection.refusals == refusals
+        with pytest.raises(smtp.RelayRefusing, match="refused 8 times in a row"):
+            connection.pause()
+    finally:
+        listener.close()
+    assert len(greeted) == smtp.MAX_REFUSALS
+
+
+def test_a_session_lost_after_a_messages_answer_keeps_it_sent_and_resends_only_the_next(
+    settings,
+):
+    import socket
+
+    from notifications import smtp
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept_one_message_then_hang_up():
+        client, _ = listener.accept()
+        stream = client.makefile("rb")
+        client.sendall(b"220 relay ready\r\n")
+        stream.readline()  # EHLO
+        client.sendall(b"250-relay\r\n250 PIPELINING\r\n")
+        for _ in range(3):  # MAIL, RCPT, DATA
+            stream.readline()
+        client.sendall(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+        while stream.readline() != b".\r\n":
+            pass
+        client.sendall(b"250 queued as 1\r\n")
+        for _ in range(3):  # read (a close with unread data would be a reset) ...
+            stream.readline()
+        client.close()  # ... but never answer the next message's MAIL, RCPT and DATA
+
+    server = threading.Thread(target=accept_one_message_then_hang_up, daemon=True)
+    server.start()
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", listener.getsockname()[1]
+    connection = smtp.Connection(smtp._Backend(fail_silently=False))
+    first, second = (
+        smtp.Envelope(name, "no-reply@example.org", f"{name}@example.org", b"Subject: s\r\n\r\n")
+        for name in ("first", "second")
+    )
+    try:
+        assert connection.push(first) == []  # in flight: its content goes with the next
+        with pytest.raises(smtp.Interrupted) as interrupted:
+            connection.push(second)
+    finally:
+        listener.close()
+    assert interrupted.value.completed == [(first, None)]  # taken: not sent again
+    assert interrupted.value.envelopes == [second]
+    assert connection.disconnects == 1
