@@ -57,15 +57,13 @@ def relay_outbox() -> dict:
     retried and leaves no dead letter of its own: the next run is its retry.
     """
     from taskcore import deadletters, outbox
-    from taskcore.base import is_transient
+    from taskcore.base import TRANSIENT_ERRORS
     from taskcore.secrets import mask_text
 
     try:
         stored = deadletters.store_parked_dead_letters()
         counts = outbox.relay()
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
+    except TRANSIENT_ERRORS as exc:  # anything else fails the run clearly
         logger.warning(
             "relay: %s; the next run tries again", mask_text(f"{type(exc).__name__}: {exc}")
         )
