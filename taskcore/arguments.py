@@ -32,6 +32,18 @@ class MessageTooLarge(ValueError):
     """The task's message would be over its queue's ``max_message_bytes``."""
 
 
+def registered_task(app, name: str):
+    """The task registered as ``name``, or None.
+
+    Outside a worker only the task modules something imported are registered: on
+    a miss, every task module is imported (CELERY_IMPORTS and each app's tasks), as
+    a worker does at start.
+    """
+    if name not in app.tasks:
+        app.loader.import_default_modules()
+    return app.tasks.get(name)
+
+
 def _model_for(task):
     model = task.__dict__.get("_argument_model")
     if model is None:

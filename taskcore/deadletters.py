@@ -318,11 +318,7 @@ def replay(letter, app=None) -> str:
             f"dead letter {letter.pk}: its arguments held secrets that were masked; "
             "send the task again from the application instead"
         )
-    if letter.task_name not in app.tasks:
-        # Outside a worker only the task modules something imported are registered:
-        # import them all (CELERY_IMPORTS and every app's tasks), as a worker does.
-        app.loader.import_default_modules()
-    if letter.task_name not in app.tasks:
+    if arguments.registered_task(app, letter.task_name) is None:
         raise ReplayError(f"dead letter {letter.pk}: unknown task {letter.task_name!r}")
     if letter.reason == "refused" and _recover(letter.message)[2] is None:
         raise ReplayError(

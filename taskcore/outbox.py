@@ -57,12 +57,10 @@ def _task(task):
         return task
     from celery import current_app
 
-    if task not in current_app.tasks:
-        current_app.loader.import_default_modules()
-    try:
-        return current_app.tasks[task]
-    except KeyError:
-        raise arguments.InvalidTaskArguments(f"unknown task {task!r}: nothing sent") from None
+    found = arguments.registered_task(current_app, task)
+    if found is None:
+        raise arguments.InvalidTaskArguments(f"unknown task {task!r}: nothing sent")
+    return found
 
 
 def send_after_commit(task, args=None, kwargs=None, **options):
