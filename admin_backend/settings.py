@@ -230,6 +230,9 @@ BEAT_HEARTBEAT_CRITICAL = env.float("BEAT_HEARTBEAT_CRITICAL", default=300.0)
 REDIS_MEMORY_WARNING_PERCENT = env.float("REDIS_MEMORY_WARNING_PERCENT", default=80.0)
 REDIS_MEMORY_CRITICAL_PERCENT = env.float("REDIS_MEMORY_CRITICAL_PERCENT", default=95.0)
 DEAD_LETTERS_CRITICAL_PER_HOUR = env.float("DEAD_LETTERS_CRITICAL_PER_HOUR", default=50.0)
+# Every worker relays the outbox and parked dead letters from a thread, at start
+# and every this many seconds, whatever its queues hold (taskcore/relay.py); 0: at start only.
+CELERY_OUTBOX_RELAY_INTERVAL = env.float("CELERY_OUTBOX_RELAY_INTERVAL", default=10.0)
 OUTBOX_BACKLOG_WARNING = env.float("OUTBOX_BACKLOG_WARNING", default=100.0)
 OUTBOX_BACKLOG_CRITICAL = env.float("OUTBOX_BACKLOG_CRITICAL", default=1000.0)
 OUTBOX_AGE_WARNING = env.float("OUTBOX_AGE_WARNING", default=60.0)

@@ -20,12 +20,14 @@ result is stored.
 from __future__ import annotations
 
 import math
+import os
 import smtplib
 import socket
 import time
 
-from celery import Task
-from celery.exceptions import Reject, TaskPredicate
+from celery import Task, states
+from celery.app.trace import get_actual_ignore_result
+from celery.exceptions import BackendStoreError, Reject, TaskPredicate
 from celery.utils.time import get_exponential_backoff_interval
 from django.db import InterfaceError, OperationalError
 from django.db.models import Model
@@ -59,6 +61,10 @@ class RedeliveredTooOften(PermanentError):
 
 
 DELIVERY_COUNT_TTL = 24 * 3600
+# Tries to store a run's STARTED state before its message goes back to the queue
+# instead (about 0.7 s with the worker's backoff): a Redis that refuses writes
+# must not hold a reserved task, whose time limit is already running.
+STARTED_WRITE_RETRIES = 3
 # Message header carrying when a task's first attempt started (epoch seconds), so
 # the retry horizon counts from there across retries, workers and hosts.
 FIRST_ATTEMPT_HEADER = "taskcore_first_attempt"
@@ -115,6 +121,14 @@ class BaseTask(Task):
     # Seconds after the first attempt during which a transient error is retried
     # whatever max_retries says (the queue table sets it per queue); 0: count only.
     retry_horizon: int = 600
+    # STARTED is written by __call__ (record_started), not by Celery's tracer
+    # (track_started): Celery writes it outside the task's body, where a Redis that
+    # refuses the write (out of memory, away) can only fail the run, and the
+    # message is acknowledged although the task never ran. In the body, a refused
+    # write sends the message back to its queue (Reject, requeue) to run later.
+    track_started = False
+    record_started: bool | None = None  # None: the task_track_started setting
+    from_config = (*Task.from_config, ("record_started", "task_track_started"))
 
     def apply_async(self, args=None, kwargs=None, **options):
         reject_model_instances(args or ())
@@ -135,6 +149,7 @@ class BaseTask(Task):
     def __call__(self, *args, **kwargs):
         try:
             if not self.request.called_directly:
+                self._record_started()
                 self._note_first_attempt()
                 self._refuse_endless_redelivery()
                 # A message from elsewhere (send_task, a replay) gets the same check.
@@ -150,6 +165,33 @@ class BaseTask(Task):
                 pipeline.failed_for_good(self, exc, args, kwargs)
                 raise
             raise self.retry(exc=exc, countdown=self.retry_countdown()) from exc
+
+    def _record_started(self) -> None:
+        """Store STARTED (as Celery's track_started does), or send the message back.
+
+        Bounded: a few quick tries, then ``Reject(requeue=True)``: the message returns
+        to its queue (the transport keeps it in ``unacked`` until Redis takes the
+        requeue) and runs once Redis accepts writes. Waiting here instead would spend
+        the run's time limit on the outage.
+        """
+        request = self.request
+        if not self.record_started or get_actual_ignore_result(self, request):
+            return
+        try:
+            self.backend.store_result(
+                request.id,
+                {"pid": os.getpid(), "hostname": request.hostname},
+                states.STARTED,
+                request=request,
+                max_retries=STARTED_WRITE_RETRIES,
+            )
+        except (BackendStoreError, RedisError, OSError, BrokerOperationalError) as exc:
+            raise Reject(
+                f"{self.name}[{request.id}] not started: its STARTED state could not be "
+                f"stored ({describe_connection_error(exc)}); "
+                f"back to its queue",
+                requeue=True,
+            ) from exc
 
     def may_retry(self) -> bool:
         """Whether this run may be retried: attempts left by count, or time left in the horizon."""

@@ -20,7 +20,7 @@ import os
 
 from celery import signals
 
-from . import pipeline
+from . import pipeline, relay
 from .secrets import mask_text
 
 worker_log = logging.getLogger("celery.lifecycle.worker")
@@ -39,7 +39,7 @@ def _ids(record: pipeline.TaskEvent) -> dict:
 
 @signals.worker_ready.connect
 def on_worker_ready(sender=None, **kwargs):
-    _relay_outbox_in_background()
+    relay.start_in_worker()  # outbox rows and parked dead letters, at start and every few s
     consumer = sender
     queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer else []
     worker_log.info(
@@ -50,32 +50,9 @@ def on_worker_ready(sender=None, **kwargs):
     )
 
 
-def _relay_outbox_in_background() -> None:
-    """A worker that starts may follow a broker outage: publish what waited meanwhile."""
-    import threading
-
-    def relay():
-        from django.db import connection
-
-        from taskcore import deadletters, outbox
-
-        try:
-            counts = outbox.relay()
-            if counts["published"] or counts["failed"]:
-                worker_log.info("outbox relay at start-up: %s", counts)
-            parked = deadletters.store_parked_dead_letters()
-            if parked:
-                worker_log.info("stored %d dead letters parked in Redis", parked)
-        except Exception:
-            worker_log.exception("outbox relay at start-up failed")
-        finally:
-            connection.close()
-
-    threading.Thread(target=relay, name="outbox-relay", daemon=True).start()
-
-
 @signals.worker_shutting_down.connect
 def on_worker_shutting_down(sig=None, how=None, exitcode=None, **kwargs):
+    relay.stop_in_worker()
     worker_log.warning("worker shutting down: signal=%s how=%s exitcode=%s", sig, how, exitcode)
 
 

@@ -154,6 +154,44 @@ class AtomicReserveQoS(kombu_redis.QoS):
         else:
             super().append(message, delivery_tag)
 
+    def restore_visible(self, *args, **kwargs):
+        """kombu's restore of overdue ``unacked`` messages, skipped while Redis is full.
+
+        Its lock is a write: at maxmemory Redis refuses it, and kombu's poller raises
+        that out of ``drain_events``. The restore runs again on the next cycle.
+        """
+        try:
+            return super().restore_visible(*args, **kwargs)
+        except ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+            return None
+
+    def reject(self, delivery_tag, requeue=False):
+        """kombu's reject; a requeue Redis refuses is kept and sent again later.
+
+        Celery requeues a message when its worker process was lost and when the
+        task rejects it (``taskcore.base``: its STARTED state or its retry could
+        not be written), typically because Redis is out of memory or away, when
+        the requeue is refused too. The message then stays in ``unacked`` and the
+        channel requeues it before its next reservation, once Redis takes writes
+        again (at the latest, the visibility timeout restores it).
+        """
+        if not requeue:
+            return super().reject(delivery_tag, requeue=False)
+        try:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        except (*self.channel.connection_errors, ResponseError) as exc:
+            if isinstance(exc, ResponseError) and not refused_for_memory(exc):
+                raise
+            self.channel._pending_requeues.append(delivery_tag)
+            logger.warning(
+                "message %s not requeued yet (%s): requeued when Redis takes writes",
+                delivery_tag,
+                exc,
+            )
+        virtual.QoS.ack(self, delivery_tag)
+
     def ack(self, delivery_tag):
         channel = self.channel
         if not channel.active_queues:
@@ -200,6 +238,8 @@ class AtomicReserveMixin:
         # When the earliest delayed message of the consumed queues is due (epoch
         # seconds), as the last reservation saw: an idle consumer wakes up for it.
         self._next_due: float | None = None
+        # Tags whose requeue Redis refused (see AtomicReserveQoS.reject).
+        self._pending_requeues: list[str] = []
         super().__init__(*args, **kwargs)
 
     # -- one client per channel for the synchronous commands ----------------------
@@ -281,6 +321,18 @@ class AtomicReserveMixin:
             )
         self._flush_acks_quietly()
 
+    def _requeue_pending(self) -> None:
+        """Send the requeues Redis refused earlier; those it refuses again stay pending."""
+        pending, self._pending_requeues = self._pending_requeues, []
+        for index, tag in enumerate(pending):
+            try:
+                self.qos.restore_by_tag(tag, leftmost=True)
+            except (*self.connection_errors, ResponseError) as exc:
+                if isinstance(exc, ResponseError) and not refused_for_memory(exc):
+                    raise
+                self._pending_requeues[:0] = pending[index:]
+                return
+
     def flush_acks(self) -> None:
         """Remove the acknowledged tags from ``unacked`` now (one pipelined round trip)."""
         acks = self._take_pending_acks()
@@ -336,6 +388,8 @@ class AtomicReserveMixin:
             return None
 
     def _get(self, queue):
+        if self._pending_requeues:
+            self._requeue_pending()
         with self.conn_or_acquire() as client:
             try:
                 reply = client.execute_command(*self._reserve_args([queue], 1))
@@ -359,6 +413,8 @@ class AtomicReserveMixin:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        if self._pending_requeues:
+            self._requeue_pending()
         if self._expect_messages:
             self._pending_reply = "RESERVE"
             command = self._reserve_args(queues, self._reserve_limit())

@@ -51,22 +51,19 @@ def debug_task(self, message: str = "debug", sleep: float = 0.0) -> dict:
 def relay_outbox() -> dict:
     """Store parked dead letters, then publish outbox rows whose publish after commit failed.
 
-    Beat runs this every minute (maintenance/schedule.py), so dead letters parked
-    in Redis while the database was away are stored within a minute of its return
-    without anyone asking. A run that meets the database still away is not
-    retried and leaves no dead letter of its own: the next run is its retry.
+    Beat runs this every minute (maintenance/schedule.py); every worker also relays
+    from a thread of its own, independent of the queues (taskcore/relay.py). A run
+    that meets the database still away is not retried and leaves no dead letter of
+    its own: the next run is its retry.
     """
-    from taskcore import deadletters, outbox
     from taskcore.base import TRANSIENT_ERRORS
+    from taskcore.relay import relay_once
     from taskcore.secrets import mask_text
 
     try:
-        stored = deadletters.store_parked_dead_letters()
-        counts = outbox.relay()
+        return relay_once()
     except TRANSIENT_ERRORS as exc:  # anything else fails the run clearly
         logger.warning(
             "relay: %s; the next run tries again", mask_text(f"{type(exc).__name__}: {exc}")
         )
         return {"relayed": False, "error": type(exc).__name__}
-    counts["dead_letters_stored"] = stored
-    return counts

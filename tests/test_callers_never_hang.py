@@ -2,7 +2,8 @@
 
 A web request must not hang on a broker that is paused, full or gone: the caller
 runs in its own process (as a web process would), against a private Redis the
-test pauses (``CLIENT PAUSE``), fills (``maxmemory``) or stops.
+test pauses (``CLIENT PAUSE``), fills (``maxmemory``) or stops; during the pause a
+worker consumes too, and must resume by itself.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+EFFECT_TASK = "taskcore.testing.record_effect"
 
 CALLER = """
 import json, os, sys, time
@@ -87,21 +90,75 @@ def run_caller(server_url: str, database_url: str, during, after=None) -> dict:
 
 @pytest.mark.chaos
 @pytest.mark.django_db(transaction=True)
-def test_callers_return_within_a_second_while_redis_is_paused(private_redis, worker_database_url):
+def test_client_pause_callers_return_within_a_second_and_workers_resume(
+    private_redis, worker_database_url, start_worker, monkeypatch
+):
+    """R10: ``CLIENT PAUSE 20000 ALL`` while a worker consumes and a web process calls."""
+    from taskcore.models import DeadLetter, EffectClaim
+
     server = private_redis()
-    client = redis.Redis.from_url(server.url)
-    paused_until = [0.0]
+    url = server.url
+    client = redis.Redis.from_url(url)
+    # Celery's variables win over arguments: the client app must see them too.
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+    client_app = Celery("pause-client", broker=url, backend=url, set_as_current=False)
+    env = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CACHE_URL": url}
+    worker = start_worker(["default"], concurrency=2, env=env, client_app=client_app)
+    total, pause_s = 5_000, 20
+    with client_app.producer_or_acquire() as producer:
+        for n in range(total):
+            client_app.send_task(
+                EFFECT_TASK, args=[f"pause-{n}"], queue="default", producer=producer
+            )
+
+    def effects() -> int:
+        return EffectClaim.objects.filter(scope="chaos").count()
+
+    deadline = time.monotonic() + 120
+    while effects() < total // 10:
+        assert time.monotonic() < deadline, worker.output()[-3000:]
+        time.sleep(0.1)
+    paused_until, at_pause, near_the_end = [0.0], [0], [0]
 
     def pause():
-        client.execute_command("CLIENT", "PAUSE", 12000, "ALL")
-        paused_until[0] = time.monotonic() + 12
+        client.execute_command("CLIENT", "PAUSE", pause_s * 1000, "ALL")
+        paused_until[0] = time.monotonic() + pause_s
+        at_pause[0] = effects()
 
-    out = run_caller(
-        server.url,
-        worker_database_url,
-        during=pause,
-        after=lambda: time.sleep(max(0.0, paused_until[0] - time.monotonic())),
-    )
+    def wait_for_the_pause_to_end():
+        time.sleep(max(0.0, paused_until[0] - 1 - time.monotonic()))
+        near_the_end[0] = effects()
+        time.sleep(max(0.0, paused_until[0] - time.monotonic()))
+
+    out = run_caller(url, worker_database_url, during=pause, after=wait_for_the_pause_to_end)
+    at_resume = effects()
+    resumed_at = time.monotonic()
+    first_after = None
+    deadline = resumed_at + 300
+    while (done := effects()) < total and time.monotonic() < deadline:
+        if first_after is None and done > at_resume:
+            first_after = time.monotonic() - resumed_at
+        time.sleep(0.1)
+    figures = {
+        "pause_s": pause_s,
+        "effects_at_pause": at_pause[0],
+        # At most those in flight when the pause began (prefetch and running).
+        "effects_during_pause": near_the_end[0] - at_pause[0],
+        "effects": done,
+        "lost": total - done,
+        "dead_letters": DeadLetter.objects.count(),
+        "worker_consuming_again_after_s": first_after,
+        "worker_alive": worker.process.poll() is None,
+        **{key: value for key, value in out.items() if key.endswith("_s")},
+    }
+    print(figures)
+    assert done == total, figures
+    # It did pause: only what was in flight then finished (prefetch and running).
+    assert figures["effects_during_pause"] <= 8 and near_the_end[0] < total, figures
+    assert figures["dead_letters"] == 0, figures
+    assert first_after is not None and first_after < 30, figures
+    assert figures["worker_alive"], worker.output()[-3000:]
     assert_callers_returned_and_recovered(out)
 
 

@@ -313,3 +313,45 @@ def test_a_publish_returns_once_the_replica_has_it(private_redis):
 def test_publishes_wait_for_a_replica_behind_sentinel_by_default(url, replica_acks):
     value = settings_value("s.CELERY_BROKER_TRANSPORT_OPTIONS['replica_acks']", url)
     assert value == replica_acks
+
+
+def test_a_requeue_redis_refuses_is_kept_and_sent_once_it_takes_writes(private_redis):
+    """A task rejects with requeue when its bookkeeping was refused (taskcore.base)."""
+    server = private_redis("--maxmemory-policy", "noeviction")
+    client = server.client()
+    queue = make_queue()
+    publish(server.url, queue, 2)
+    deliveries = []
+    with Connection(server.url, transport=OURS) as conn:
+        channel = conn.channel()
+        channel.basic_qos(0, 1, False)
+
+        def on_message(body, message):
+            deliveries.append((body["i"], bool(message.delivery_info.get("redelivered"))))
+            if len(deliveries) == 1:
+                client.config_set("maxmemory", 1)  # every write that may grow memory is refused
+                message.reject(requeue=True)
+            else:
+                message.ack()
+
+        with Consumer(channel, [queue], callbacks=[on_message]):
+            conn.drain_events(timeout=2)
+            # Refused: still in unacked (nothing lost), the prefetch credit given back.
+            assert client.hlen("unacked") == 1 and client.llen("rt") == 1
+            assert channel._pending_requeues
+            for _ in range(3):  # reservations are refused too: nothing moves
+                try:
+                    conn.drain_events(timeout=0.3)
+                except TimeoutError:
+                    pass
+            assert deliveries == [(0, False)]
+            client.config_set("maxmemory", 0)
+            deadline = time.monotonic() + 5
+            while len(deliveries) < 3 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    pass
+    # Requeued once (behind the queue, marked redelivered as kombu does), nothing lost.
+    assert deliveries == [(0, False), (1, False), (0, True)]
+    assert client.hlen("unacked") == 0 and client.llen("rt") == 0
