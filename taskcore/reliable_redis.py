@@ -354,6 +354,49 @@ class AtomicReserveMixin:
             return UNLIMITED_PREFETCH_BATCH
         return max(credit, 1)
 
+    # -- declaring ----------------------------------------------------------------
+
+    def _queue_bind(self, exchange, routing_key, pattern, queue):
+        """kombu's binding write, which a full Redis may refuse when it adds nothing.
+
+        A worker declares its queues (and its control queue) at every start; a
+        worker restarted while Redis is at maxmemory would exit on that refused
+        write although the binding is already there from its previous start. A
+        fanout queue (Celery's control and event broadcasts) is consumed by
+        pub/sub, which does not read the binding: it is written on the next start.
+        """
+        try:
+            return super()._queue_bind(exchange, routing_key, pattern, queue)
+        except ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+            if self.typeof(exchange).type != "fanout":
+                key = self.keyprefix_queue % (exchange,)
+                member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+                with self.conn_or_acquire() as client:
+                    if not client.sismember(key, member):
+                        raise
+            logger.warning("Redis refuses writes (%s): queue %s not bound again", exc, queue)
+            return None
+
+    def maybe_refresh_binding_expiry(self):
+        # Refused each second while Redis is full, and kombu logs a traceback each
+        # time; the reservation already warns once a minute. Refreshed when it takes writes.
+        try:
+            return super().maybe_refresh_binding_expiry()
+        except ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+            return None
+
+    def _size(self, queue):
+        # kombu counts in MULTI/EXEC, which Redis refuses whole at maxmemory (any
+        # command queued in MULTI may grow memory); the count needs no transaction.
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))
+            return sum(size for size in pipe.execute() if isinstance(size, int))
+
     # -- consuming ----------------------------------------------------------------
 
     def basic_consume(self, queue, no_ack, *args, **kwargs):

@@ -259,6 +259,27 @@ def send_through_outbox(stack: ChaosStack, count: int, prefix: str) -> dict:
     return json.loads(application.stdout.strip().splitlines()[-1])
 
 
+def test_r8_a_worker_restarted_while_redis_is_full_waits_and_then_consumes(chaos, start_worker):
+    """A supervisor restarts a worker while Redis refuses writes: it must not exit."""
+    stack = chaos(*AOF_EVERYSEC, "--maxmemory-policy", "noeviction")
+    # Its queues were declared before (by this worker's previous start, or a publisher).
+    start_worker(["default"], concurrency=1, env=stack.env, client_app=stack.client).stop()
+    client = redis.Redis.from_url(stack.server.url)
+    client.config_set("maxmemory", 1)
+    second = start_worker(
+        ["default"], wait=False, concurrency=1, env=stack.env, client_app=stack.client
+    )
+    time.sleep(10)  # kombu declared its queues, the consumer started and was refused
+    alive_while_full = second.process.poll() is None
+    client.config_set("maxmemory", 0)
+    sent = stack.publish(f"after-full-{n}" for n in range(50))
+    effects = wait_for_effects(sent, stall=30)
+    figures = {"alive_while_full": alive_while_full, "sent_after": sent, "effects": effects}
+    record_figures("R8 restart while full", figures)
+    assert alive_while_full, second.output()[-3000:]
+    assert effects == sent, figures
+
+
 def test_r3_tasks_enqueued_while_redis_is_down_all_run_via_the_outbox(chaos, start_worker):
     stack = chaos(*AOF_EVERYSEC)
     total = 1_000
