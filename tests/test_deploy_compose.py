@@ -27,6 +27,9 @@ from admin_backend import queues
 from admin_backend.worker_commands import processes_of_group
 from taskcore.testing.redis_server import free_port
 
+# Runs in the SQLite pass only: nothing here touches the test database.
+pytestmark = pytest.mark.database_independent
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = PROJECT_DIR / "deploy"
 COMPOSE_FILE = DEPLOY_DIR / "docker-compose.yml"

@@ -28,6 +28,9 @@ from admin_backend.worker_commands import processes_of_group
 from taskcore.testing import default_interrupt_handling
 from taskcore.testing.redis_server import free_port
 
+# Runs in the SQLite pass only: the start script's workers use a SQLite file of their own.
+pytestmark = pytest.mark.database_independent
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCRIPT = PROJECT_DIR / "start_celery.sh"
 VENV_BIN = Path(sys.executable).parent

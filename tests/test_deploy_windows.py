@@ -20,6 +20,9 @@ import pytest
 from admin_backend import queues
 from admin_backend.worker_commands import processes_of_group
 
+# Runs in the SQLite pass only: nothing here touches the test database.
+pytestmark = pytest.mark.database_independent
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BAT = PROJECT_DIR / "start_celery.bat"
 SH = PROJECT_DIR / "start_celery.sh"

@@ -10,7 +10,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from admin_backend import queues, worker_commands
+
+# Runs in the SQLite pass only: nothing here touches the test database.
+pytestmark = pytest.mark.database_independent
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -42,10 +42,7 @@ RUN_ONLY_VARIABLES = (
     "ADMIN_BACKEND_HOME", "CELERY_EXTRA_TASK_MODULES",
 )  # fmt: skip
 
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("DATABASE_URL")),
-    reason="independent of the database: runs in the SQLite pass",
-)
+pytestmark = pytest.mark.database_independent
 
 
 def run(args, *, cwd, env=None, timeout=240) -> subprocess.CompletedProcess:

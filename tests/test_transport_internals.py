@@ -31,6 +31,9 @@ from kombu.transport import virtual
 
 from taskcore import reliable_redis
 
+# Runs in the SQLite pass only: nothing here touches the test database.
+pytestmark = pytest.mark.database_independent
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VERIFIED_KOMBU = "5.7.0"
 
