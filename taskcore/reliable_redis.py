@@ -141,9 +141,10 @@ class AtomicReserveQoS(kombu_redis.QoS):
     - no unacked write for messages the reservation script already recorded;
     - acks are coalesced: an acknowledged tag frees its prefetch credit at once
       and is removed from ``unacked`` by the next reservation (same round trip),
-      or by a flush before the consumer waits, closes or cancels, and at the
-      latest :data:`ACK_FLUSH_SECONDS` later. A worker that dies in between has
-      its acknowledged messages delivered again: at least once, as always.
+      or by a flush before the consumer waits, closes or cancels; an ack that
+      arrives while the consumer waits on its bells is sent at once, and any
+      other at the latest :data:`ACK_FLUSH_SECONDS` later. A worker that dies in
+      between has its acknowledged messages delivered again: at least once.
     """
 
     def append(self, message, delivery_tag):
@@ -200,8 +201,14 @@ class AtomicReserveQoS(kombu_redis.QoS):
             channel._pending_acks_since = monotonic()
         channel._pending_acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
-        if monotonic() - channel._pending_acks_since > ACK_FLUSH_SECONDS:
-            channel.flush_acks()
+        # Waiting on the bells (the queues were drained), no reservation will carry
+        # the ack soon: send it now, as kombu would. Until it is in Redis, a worker
+        # killed -9 has the finished task delivered and run again (R7 saw it).
+        if (
+            channel._pending_reply == "BELL"
+            or monotonic() - channel._pending_acks_since > ACK_FLUSH_SECONDS
+        ):
+            channel._flush_acks_quietly()
 
 
 class AtomicReserveMixin:
