@@ -420,12 +420,15 @@ class Bench:
         time.sleep(0.5)
         self.client.delete(RECORD_KEY)
         cpu_before, wall_before = self.workers_cpu(), time.monotonic()
+        commands_before = self.redis_commands()
         out, _ = producer.communicate(b"go\n")
         if producer.returncode:
             raise RuntimeError(f"producer failed for {system}/{workload}")
         times = json.loads(out.decode().strip().splitlines()[-1])
         self.wait_for(count, timeout=self.options.timeout)
         cpu, wall = self.workers_cpu() - cpu_before, time.monotonic() - wall_before
+        commands = self.redis_commands()
+        commands.subtract(commands_before)
         latencies = sorted(float(v) for v in self.client.lrange(RECORD_KEY, 0, -1))
         return {
             "system": system,
@@ -440,7 +443,19 @@ class Bench:
             "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "load_before": load,
+            # Redis commands per task (all clients: producer, workers, the task's RPUSH);
+            # the most frequent ones, to see where round trips go.
+            "redis_commands_per_task": sum(commands.values()) / count,
+            "redis_commands": {k: round(v / count, 2) for k, v in commands.most_common(8)},
         }
+
+    def redis_commands(self):
+        import collections
+
+        stats = self.client.info("commandstats")
+        return collections.Counter(
+            {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+        )
 
     def close(self) -> None:
         self.stop_workers()
@@ -585,7 +600,9 @@ def main(argv=None) -> None:
                             f"caller {result['caller_cpu_ms_per_send']:6.3f} ms/send  "
                             f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
                             f"achieved {result['achieved_rate']:6.0f}/s  "
-                            f"load {result['load_before']:.1f}",
+                            f"load {result['load_before']:.1f}  "
+                            f"redis {result['redis_commands_per_task']:.1f} cmds/task "
+                            f"{result['redis_commands']}",
                             flush=True,
                         )
                 finally:

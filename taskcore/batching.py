@@ -40,6 +40,7 @@ class FlushingBuffer:
         max_items: int = 500,
         max_age: float = 1.0,
         max_kept: int = 50_000,
+        everywhere: bool = False,
     ):
         self.name = name
         self._flush = flush
@@ -47,6 +48,8 @@ class FlushingBuffer:
         self.max_age = max_age
         # When flushing keeps failing, keep at most this many (the newest).
         self.max_kept = max_kept
+        # Buffer in every process (a caller's too), not only in workers.
+        self.everywhere = everywhere
         self._items: list = []
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -54,7 +57,7 @@ class FlushingBuffer:
         _buffers.append(self)
 
     def add(self, item) -> None:
-        if not _batching["enabled"]:
+        if not (_batching["enabled"] or self.everywhere):
             with self._lock:
                 self._items.append(item)
             self.flush()
