@@ -446,7 +446,7 @@ class Bench:
             # Redis commands per task (all clients: producer, workers, the task's RPUSH);
             # the most frequent ones, to see where round trips go.
             "redis_commands_per_task": sum(commands.values()) / count,
-            "redis_commands": {k: round(v / count, 2) for k, v in commands.most_common(8)},
+            "redis_commands": {k: round(v / count, 2) for k, v in commands.most_common(14)},
         }
 
     def redis_commands(self):

@@ -383,7 +383,15 @@ class AtomicReserveMixin:
             self._pending_limit = self._reserve_limit()
             command = self._reserve_args(queues, self._pending_limit)
         else:
-            self.flush_acks()  # about to wait: nothing may stay pending meanwhile
+            if (
+                getattr(self.connection, "_ack_flush_timer", None) is None
+                or monotonic() - self._pending_acks_since > ACK_FLUSH_SECONDS
+            ):
+                # About to wait: nothing may stay pending meanwhile. In an event
+                # loop its timer flushes young acks (at most ACK_FLUSH_SECONDS
+                # old) instead: at a shallow queue, a wait follows every message,
+                # and a flush here would cost a round trip per message.
+                self.flush_acks()
             self._pending_reply = "BELL"
             if self._next_due is not None:  # wake up when a delayed message is due
                 timeout = max(0.01, min(timeout or 1, round(self._next_due - time(), 3)))
