@@ -18,6 +18,17 @@ SQLite database (migrated). Workloads: ``noop`` (the task does nothing) and
   rotating log files, ``sent_at`` headers, task events;
 - ``dramatiq``: Dramatiq on the same Redis, ``dramatiq -p 2 -t 8`` (its defaults).
 
+Then, beside the bursts, in the same run, the steady-load mode (``--steady``,
+default 100, 300 and 1,000 tasks/s, ``--steady-seconds`` each, ``noop``): the
+producer sends one task every 1/rate seconds (after 50 warm-up sends that are
+not counted) and reports its CPU per send (the sending thread's, sleeps
+excluded); the workers' CPU (every process of theirs, from /proc, pool children
+included) over the paced run divided by the tasks gives the worker CPU per task,
+idle cost included; pickup latency is enqueue to start; the Redis commands per
+task (INFO commandstats, all clients, commands inside scripts included) show
+where round trips go. ``--systems bare,ours,ours-outbox`` also measures
+``send_after_commit`` (one transaction per call) against ours' workers.
+
 Each task's only work (besides the sleep) is one RPUSH of its enqueue-to-start
 latency (the enqueue time travels as the task's argument), the same in all
 three systems; the run ends when the list holds every task. Timed from the
@@ -122,13 +133,15 @@ elif _SYSTEM == "dramatiq":
 
 
 def produce(system: str, workload: str, count: int, mode: str) -> dict:
-    system = system.split("-")[0]
+    variant, system = system, system.split("-")[0]
     if system == "ours":
         import django
 
         django.setup()
     task = TASKS[workload]
     send = task.send if system == "dramatiq" else task.delay
+    if variant == "ours-outbox":
+        send = _send_after_commit(task)
     if mode == "delay-no-sent-at":
         from celery import signals
 
@@ -149,6 +162,19 @@ def produce(system: str, workload: str, count: int, mode: str) -> dict:
             send(time.time())
     ended = time.time()
     return {"start": started, "end": ended}
+
+
+def _send_after_commit(task):
+    """One transaction per call, as a web request that writes a row and sends a task."""
+    from django.db import transaction
+
+    from taskcore.outbox import send_after_commit
+
+    def send(*args):
+        with transaction.atomic():
+            send_after_commit(task, args)
+
+    return send
 
 
 def produce_paced(send, count: int, rate: float) -> dict:
@@ -229,7 +255,8 @@ class Bench:
 
     def system_env(self, system: str) -> dict[str, str]:
         """ours: Django settings; ours-norec: TaskRun recording off; ours-lean: and no
-        lifecycle lines. bare and dramatiq: no Django at all."""
+        lifecycle lines; ours-outbox: ours, the producer sends with send_after_commit.
+        bare and dramatiq: no Django at all."""
         env = {**self.env, "B1_SYSTEM": system.split("-")[0]}
         if system.startswith("ours"):
             env["DJANGO_SETTINGS_MODULE"] = "admin_backend.settings"
