@@ -62,7 +62,12 @@ class AdminBackendCelery(Celery):
 
     Celery's own ``beat_init`` signal comes after beat's first lines, so beat would
     write them as the web does (not into celery_beat.log).
+
+    Messages are sent by taskcore's ``app.amqp`` (grouped task-sent events, queues
+    declared once per connection: taskcore/sending.py).
     """
+
+    amqp_cls = "taskcore.sending:AMQP"
 
     @cached_property
     def Beat(self):

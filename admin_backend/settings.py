@@ -517,6 +517,12 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=4)
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
 CELERY_TASK_SEND_SENT_EVENT = True
+# Task events for Flower are published in batches: a worker's at most this many
+# seconds after the event (taskcore/consumer.py), a caller's task-sent events by a
+# per-process buffer (taskcore/sending.py). 0: one by one, as Celery does (one
+# Redis round trip each; B1 steady in docs/benchmarks.md says what that costs).
+TASKCORE_EVENT_FLUSH_SECONDS = env.float("TASKCORE_EVENT_FLUSH_SECONDS", default=0.2)
+TASKCORE_SENT_EVENT_FLUSH_SECONDS = env.float("TASKCORE_SENT_EVENT_FLUSH_SECONDS", default=0.2)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A message that is not a valid task message becomes a dead letter (reason

@@ -18,6 +18,17 @@ SQLite database (migrated). Workloads: ``noop`` (the task does nothing) and
   rotating log files, ``sent_at`` headers, task events;
 - ``dramatiq``: Dramatiq on the same Redis, ``dramatiq -p 2 -t 8`` (its defaults).
 
+Then, beside the bursts, in the same run, the steady-load mode (``--steady``,
+default 100, 300 and 1,000 tasks/s, ``--steady-seconds`` each, ``noop``): the
+producer sends one task every 1/rate seconds (after 50 warm-up sends that are
+not counted) and reports its CPU per send (the sending thread's, sleeps
+excluded); the workers' CPU (every process of theirs, from /proc, pool children
+included) over the paced run divided by the tasks gives the worker CPU per task,
+idle cost included; pickup latency is enqueue to start; the Redis commands per
+task (INFO commandstats, all clients, commands inside scripts included) show
+where round trips go. ``--systems bare,ours,ours-outbox`` also measures
+``send_after_commit`` (one transaction per call) against ours' workers.
+
 Each task's only work (besides the sleep) is one RPUSH of its enqueue-to-start
 latency (the enqueue time travels as the task's argument), the same in all
 three systems; the run ends when the list holds every task. Timed from the
@@ -45,6 +56,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 RECORD_KEY = "b1:latency"
 QUEUE = "b1"  # bare and dramatiq; ours routes bench.* to the table's "default" queue
 IO_SLEEP = 0.002
+# Steady mode: sends before the paced ones, not measured (and their tasks not counted).
+WARM_UP_SENDS = 50
 
 # --- worker side: the tasks of each system, chosen by B1_SYSTEM ---------------
 
@@ -120,19 +133,23 @@ elif _SYSTEM == "dramatiq":
 
 
 def produce(system: str, workload: str, count: int, mode: str) -> dict:
-    system = system.split("-")[0]
+    variant, system = system, system.split("-")[0]
     if system == "ours":
         import django
 
         django.setup()
     task = TASKS[workload]
     send = task.send if system == "dramatiq" else task.delay
+    if variant == "ours-outbox":
+        send = _send_after_commit(task)
     if mode == "delay-no-sent-at":
         from celery import signals
 
         from taskcore.publishing import stamp_sent_at
 
         signals.before_task_publish.disconnect(stamp_sent_at)
+    if mode.startswith("paced:"):
+        return produce_paced(send, count, float(mode.split(":", 1)[1]))
     started = time.time()
     if mode == "fanout" and system == "dramatiq":
         mode = "delay"  # Dramatiq's send() is its bulk way already (one LPUSH each)
@@ -145,6 +162,47 @@ def produce(system: str, workload: str, count: int, mode: str) -> dict:
             send(time.time())
     ended = time.time()
     return {"start": started, "end": ended}
+
+
+def _send_after_commit(task):
+    """One transaction per call, as a web request that writes a row and sends a task."""
+    from django.db import transaction
+
+    from taskcore.outbox import send_after_commit
+
+    def send(*args):
+        with transaction.atomic():
+            send_after_commit(task, args)
+
+    return send
+
+
+def produce_paced(send, count: int, rate: float) -> dict:
+    """Steady load: one send every 1/rate seconds; the caller's CPU per send, sleeps excluded."""
+    for _ in range(WARM_UP_SENDS):  # connections, imports, caches: not what a send costs
+        send(time.time())
+    print("warm", flush=True)
+    sys.stdin.readline()  # the orchestrator has counted the warm-up tasks out: go
+    cpu = 0.0
+    interval = 1.0 / rate
+    process_cpu = time.process_time()
+    started = time.time()
+    next_at = time.perf_counter()
+    for _ in range(count):
+        now = time.perf_counter()
+        if next_at > now:
+            time.sleep(next_at - now)
+        next_at += interval
+        before = time.thread_time()
+        send(time.time())
+        cpu += time.thread_time() - before
+    return {
+        "start": started,
+        "end": time.time(),
+        "cpu_per_send": cpu / count,
+        # Also the producer's other threads and the pacing loop itself.
+        "process_cpu_per_send": (time.process_time() - process_cpu) / count,
+    }
 
 
 # --- orchestration ------------------------------------------------------------
@@ -197,7 +255,8 @@ class Bench:
 
     def system_env(self, system: str) -> dict[str, str]:
         """ours: Django settings; ours-norec: TaskRun recording off; ours-lean: and no
-        lifecycle lines. bare and dramatiq: no Django at all."""
+        lifecycle lines; ours-outbox: ours, the producer sends with send_after_commit.
+        bare and dramatiq: no Django at all."""
         env = {**self.env, "B1_SYSTEM": system.split("-")[0]}
         if system.startswith("ours"):
             env["DJANGO_SETTINGS_MODULE"] = "admin_backend.settings"
@@ -306,7 +365,7 @@ class Bench:
                 process.wait()
         self.processes = []
 
-    def enqueue(self, system: str, workload: str, count: int, mode: str = "delay"):
+    def enqueue(self, system: str, workload: str, count: int, mode: str = "delay", stdin=None):
         return subprocess.Popen(
             [
                 sys.executable,
@@ -320,6 +379,7 @@ class Bench:
             cwd=PROJECT_DIR,
             env=self.system_env(system),
             stdout=subprocess.PIPE,
+            stdin=stdin,
         )
 
     def wait_for(self, count: int, timeout: float) -> float:
@@ -357,6 +417,72 @@ class Bench:
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "load_before": load,
         }
+
+    def workers_cpu(self) -> float:
+        """CPU seconds of every worker process so far (pool children too, also the exited)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        sessions = {p.pid for p in self.processes}
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # After the name: state ppid pgrp session ... utime(12) stime(13) cutime cstime
+            if int(fields[3]) in sessions:
+                total += sum(int(v) for v in fields[11:15])
+        return total / ticks
+
+    def measure_steady(self, system: str, workload: str, rate: float) -> dict:
+        """Paced publishing at ``rate`` for --steady-seconds: CPU per task and pickup latency."""
+        count = max(1, int(rate * self.options.steady_seconds))
+        self.client.delete(RECORD_KEY)
+        load = os.getloadavg()[0]
+        producer = self.enqueue(system, workload, count, f"paced:{rate}", stdin=subprocess.PIPE)
+        # The producer's warm-up sends run first: start counting once they have run.
+        producer.stdout.readline()
+        self.wait_for(WARM_UP_SENDS, timeout=120)
+        time.sleep(0.5)
+        self.client.delete(RECORD_KEY)
+        cpu_before, wall_before = self.workers_cpu(), time.monotonic()
+        commands_before = self.redis_commands()
+        out, _ = producer.communicate(b"go\n")
+        if producer.returncode:
+            raise RuntimeError(f"producer failed for {system}/{workload}")
+        times = json.loads(out.decode().strip().splitlines()[-1])
+        self.wait_for(count, timeout=self.options.timeout)
+        cpu, wall = self.workers_cpu() - cpu_before, time.monotonic() - wall_before
+        commands = self.redis_commands()
+        commands.subtract(commands_before)
+        latencies = sorted(float(v) for v in self.client.lrange(RECORD_KEY, 0, -1))
+        return {
+            "system": system,
+            "workload": workload,
+            "rate": rate,
+            "tasks": count,
+            "worker_cpu_ms_per_task": 1000 * cpu / count,
+            "worker_cpu_share": cpu / wall,
+            "caller_cpu_ms_per_send": 1000 * times["cpu_per_send"],
+            "caller_process_cpu_ms_per_send": 1000 * times["process_cpu_per_send"],
+            "achieved_rate": count / (times["end"] - times["start"]),
+            "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "load_before": load,
+            # Redis commands per task (all clients: producer, workers, the task's RPUSH);
+            # the most frequent ones, to see where round trips go.
+            "redis_commands_per_task": sum(commands.values()) / count,
+            "redis_commands": {k: round(v / count, 2) for k, v in commands.most_common(14)},
+        }
+
+    def redis_commands(self):
+        import collections
+
+        stats = self.client.info("commandstats")
+        return collections.Counter(
+            {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+        )
 
     def close(self) -> None:
         self.stop_workers()
@@ -441,6 +567,14 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--steady",
+        default="100,300,1000",
+        help="steady-load rates (tasks/s) measured after the bursts; '' for none",
+    )
+    parser.add_argument("--steady-seconds", type=float, default=10.0)
+    parser.add_argument("--steady-workload", default="noop")
+    parser.add_argument("--no-burst", action="store_true", help="only the steady-load mode")
     parser.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
 
@@ -450,7 +584,9 @@ def main(argv=None) -> None:
         return
 
     systems = options.systems.split(",")
-    workloads = options.workloads.split(",")
+    workloads = [] if options.no_burst else options.workloads.split(",")
+    rates = [float(r) for r in options.steady.split(",") if r.strip()]
+    steady = []
     if "dramatiq" in systems or options.publish_only:
         ensure_peer_installed()
     bench = Bench(options)
@@ -481,23 +617,105 @@ def main(argv=None) -> None:
                             f"load {result['load_before']:.1f}",
                             flush=True,
                         )
+                    for rate in rates:
+                        result = bench.measure_steady(system, options.steady_workload, rate)
+                        result["run"] = run
+                        steady.append(result)
+                        print(
+                            f"run {run} {system:9s} steady {rate:6.0f}/s "
+                            f"worker {result['worker_cpu_ms_per_task']:6.3f} ms/task  "
+                            f"caller {result['caller_cpu_ms_per_send']:6.3f} ms/send  "
+                            f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                            f"achieved {result['achieved_rate']:6.0f}/s  "
+                            f"load {result['load_before']:.1f}  "
+                            f"redis {result['redis_commands_per_task']:.1f} cmds/task "
+                            f"{result['redis_commands']}",
+                            flush=True,
+                        )
                 finally:
                     bench.stop_workers()
     finally:
         bench.close()
-    if not results:
-        return
-    print("\n# medians")
-    print("| system | workload | tasks/s | enqueue/s | start latency p50 | p99 | runs (tasks/s) |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for row in summarise(results):
+    if options.json:
+        options.json.write_text(json.dumps({"burst": results, "steady": steady}, indent=2))
+    if results:
+        print_burst(results)
+    if steady:
+        print_steady(steady)
+
+
+def _ratio(value: float, peer: float | None) -> str:
+    return f"{value / peer:.2f}x" if peer else "-"
+
+
+def print_burst(results: list[dict]) -> None:
+    rows = summarise(results)
+    peer = {r["workload"]: r["tasks_per_s"] for r in rows if r["system"] == "dramatiq"}
+    bare = {r["workload"]: r["tasks_per_s"] for r in rows if r["system"] == "bare"}
+    print("\n# burst, medians")
+    print(
+        "| system | workload | tasks/s | vs bare | vs Dramatiq | enqueue/s "
+        "| start latency p50 | p99 | runs (tasks/s) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for row in rows:
         print(
             f"| {row['system']} | {row['workload']} | {row['tasks_per_s']:,.0f} | "
+            f"{_ratio(row['tasks_per_s'], bare.get(row['workload']))} | "
+            f"{_ratio(row['tasks_per_s'], peer.get(row['workload']))} | "
             f"{row['enqueue_per_s']:,.0f} | {row['p50_ms']:,.0f} ms | {row['p99_ms']:,.0f} ms | "
             f"{', '.join(f'{v:,}' for v in row['tasks_per_s_all'])} |"
         )
-    if options.json:
-        options.json.write_text(json.dumps(results, indent=2))
+
+
+STEADY_FIELDS = (
+    "worker_cpu_ms_per_task",
+    "caller_cpu_ms_per_send",
+    "caller_process_cpu_ms_per_send",
+    "p50_ms",
+    "p99_ms",
+    "achieved_rate",
+)
+
+
+def summarise_steady(steady: list[dict]) -> list[dict]:
+    rows = []
+    for rate in dict.fromkeys(r["rate"] for r in steady):
+        for system in dict.fromkeys(r["system"] for r in steady):
+            runs = [r for r in steady if r["rate"] == rate and r["system"] == system]
+            if runs:
+                row = {"rate": rate, "system": system, "runs": len(runs)}
+                for field in STEADY_FIELDS:
+                    row[field] = statistics.median(r[field] for r in runs)
+                row["worker_all"] = [round(r["worker_cpu_ms_per_task"], 2) for r in runs]
+                rows.append(row)
+    return rows
+
+
+def print_steady(steady: list[dict]) -> None:
+    rows = summarise_steady(steady)
+    print("\n# steady load, medians (CPU in ms; ratios: ours or bare to bare / to Dramatiq)")
+    print(
+        "| rate/s | system | worker CPU/task | vs bare | vs Dramatiq | caller CPU/send "
+        "| vs bare | vs Dramatiq | pickup p50 | p99 | worker CPU/task, runs |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for row in rows:
+        same = {r["system"]: r for r in rows if r["rate"] == row["rate"]}
+        bare, peer = same.get("bare"), same.get("dramatiq")
+
+        def ratios(field, row=row, bare=bare, peer=peer):
+            return (
+                f"{_ratio(row[field], bare and bare[field])} | "
+                f"{_ratio(row[field], peer and peer[field])}"
+            )
+
+        print(
+            f"| {row['rate']:,.0f} | {row['system']} | {row['worker_cpu_ms_per_task']:.3f} | "
+            f"{ratios('worker_cpu_ms_per_task')} | {row['caller_cpu_ms_per_send']:.3f} | "
+            f"{ratios('caller_cpu_ms_per_send')} | {row['p50_ms']:.1f} ms | "
+            f"{row['p99_ms']:.1f} ms | {', '.join(map(str, row['worker_all']))} |"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from celery import signals
@@ -27,6 +28,8 @@ from celery import signals
 logger = logging.getLogger(__name__)
 
 _buffers: list[FlushingBuffer] = []
+# Seconds between two warnings of one buffer that cannot write.
+WARNING_INTERVAL = 60.0
 # Set in worker processes (see the signal receivers at the end).
 _batching = {"enabled": False}
 
@@ -40,6 +43,7 @@ class FlushingBuffer:
         max_items: int = 500,
         max_age: float = 1.0,
         max_kept: int = 50_000,
+        everywhere: bool = False,
     ):
         self.name = name
         self._flush = flush
@@ -47,6 +51,9 @@ class FlushingBuffer:
         self.max_age = max_age
         # When flushing keeps failing, keep at most this many (the newest).
         self.max_kept = max_kept
+        # Buffer in every process (a caller's too), not only in workers.
+        self.everywhere = everywhere
+        self._warned_at = float("-inf")
         self._items: list = []
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -54,7 +61,7 @@ class FlushingBuffer:
         _buffers.append(self)
 
     def add(self, item) -> None:
-        if not _batching["enabled"]:
+        if not (_batching["enabled"] or self.everywhere):
             with self._lock:
                 self._items.append(item)
             self.flush()
@@ -75,12 +82,16 @@ class FlushingBuffer:
         try:
             self._flush(items)
         except Exception:
-            logger.warning(
-                "%s: %d items not written, kept for the next flush",
-                self.name,
-                len(items),
-                exc_info=True,
-            )
+            # Once a minute at most: an outage would otherwise log every max_age.
+            now = time.monotonic()
+            if now - self._warned_at >= WARNING_INTERVAL:
+                self._warned_at = now
+                logger.warning(
+                    "%s: %d items not written, kept for the next flush",
+                    self.name,
+                    len(items),
+                    exc_info=True,
+                )
             with self._lock:
                 self._items[:0] = items
                 dropped = len(self._items) - self.max_kept

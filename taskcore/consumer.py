@@ -12,11 +12,21 @@ Here every such message is *refused*: it becomes one dead letter (reason
 through the pipeline's ``REJECTED`` event, and is then removed from the queue.
 Nothing is raised into the consumer. Selected by the setting
 ``CELERY_WORKER_CONSUMER = "taskcore.consumer:GuardedConsumer"``.
+
+Task events (``task-received``, ``-started``, ``-succeeded``... for Flower) are
+published in batches: Celery groups a task's events into ``task.multi`` messages
+but flushes them at every turn of the event loop, which at a steady, shallow load
+is one Redis ``PUBLISH`` per event (a fifth of the worker's CPU per task, B1
+steady in docs/benchmarks.md). Here a flush waits up to
+``TASKCORE_EVENT_FLUSH_SECONDS`` (default 0.2 s; 0: Celery's behaviour) for the
+events that follow; Celery still flushes at once when ``buffer_limit`` events
+wait. No event is dropped: Flower sees every one, at most that much later.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import signals
 from celery.exceptions import NotRegistered
@@ -74,8 +84,55 @@ def _queue_of(message) -> str:
     return str(info.get("routing_key") or "")
 
 
+def event_flush_seconds() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "TASKCORE_EVENT_FLUSH_SECONDS", 0.2))
+
+
 class GuardedConsumer(Consumer):
     """Celery's consumer; what is not a valid task message is refused, never raised."""
+
+    # When a delayed flush of buffered task events was scheduled (monotonic), or None.
+    _event_flush_due: float | None = None
+
+    def on_send_event_buffered(self):
+        """An event was buffered (in the loop or in a pool thread): flush it a little later."""
+        delay = event_flush_seconds()
+        if not self.hub or delay <= 0:
+            return super().on_send_event_buffered()
+        due = self._event_flush_due
+        # A flush scheduled long ago and never run (its timer dropped with a reset
+        # hub on reconnection) does not hold back the next one.
+        if due is not None and time.monotonic() < due + 10 * delay + 1:
+            return
+        self._event_flush_due = time.monotonic() + delay
+        # call_soon is how Celery hands a flush to the loop from a pool thread;
+        # the timer is then set from the loop's own thread.
+        self.hub.call_soon(self._schedule_event_flush, delay)
+
+    def _schedule_event_flush(self, delay: float) -> None:
+        self.hub.call_later(delay, self._delayed_event_flush)
+
+    def _delayed_event_flush(self) -> None:
+        self._event_flush_due = None
+        self._flush_events()
+
+    def _flush_events_quietly(self) -> None:
+        try:
+            self._flush_events()
+        except Exception:  # the connection is going away: nothing more to do
+            logger.warning("buffered task events not sent at shutdown", exc_info=True)
+
+    # Celery's events step closes its dispatcher without a flush: events still
+    # waiting for the delayed flush go out first.
+    def stop(self):
+        self._flush_events_quietly()
+        super().stop()
+
+    def shutdown(self):
+        self._flush_events_quietly()
+        super().shutdown()
 
     def create_task_handler(self, promise=promise):
         handle = super().create_task_handler(promise)

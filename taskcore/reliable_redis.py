@@ -57,6 +57,7 @@ in tests/test_transport_internals.py; pyproject pins the kombu release verified.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from datetime import datetime
@@ -69,7 +70,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 logger = logging.getLogger("taskcore.reliable_redis")
 
@@ -84,6 +85,11 @@ UNLIMITED_PREFETCH_BATCH = 16
 # Pops up to N messages and records them in ``unacked`` in one step; the file
 # documents its KEYS and ARGV.
 RESERVE_SCRIPT = (resources.files(__package__) / "lua" / "reserve.lua").read_text("utf-8")
+# Called by its SHA1 (EVALSHA): a reservation then sends ~100 bytes, not the 4 KB script
+# that Redis would hash on every call. A Redis that does not know it (restarted, SCRIPT
+# FLUSH) answers NOSCRIPT without running anything: the script is loaded and the
+# reservation sent again.
+RESERVE_SCRIPT_SHA = hashlib.sha1(RESERVE_SCRIPT.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 # Written once; the reservation script's first command (see reserve.lua).
@@ -228,6 +234,8 @@ class AtomicReserveMixin:
         # the bells once a reservation came back empty.
         self._expect_messages = True
         self._pending_reply: str | None = None
+        # The most messages the reservation in flight may take.
+        self._pending_limit = 1
         # Queues consumed without acknowledgement (see basic_consume).
         self._no_ack_queues: set[str] = set()
         # How the BRPOP in flight was sent: kombu's plain pop, or ours.
@@ -293,8 +301,8 @@ class AtomicReserveMixin:
             RESERVE_GUARD_KEY,
         ]
         return [
-            "EVAL",
-            RESERVE_SCRIPT,
+            "EVALSHA",
+            RESERVE_SCRIPT_SHA,
             len(keys),
             *[self._prefixed(key) for key in keys],
             len(queue_keys),
@@ -339,6 +347,13 @@ class AtomicReserveMixin:
                     raise
                 self._pending_requeues[:0] = pending[index:]
                 return
+
+    def _script_unknown(self) -> None:
+        """Redis answered NOSCRIPT: nothing ran. Load the script; its acks go with the next."""
+        self._pending_acks[:0] = self._acks_in_flight
+        self._acks_in_flight = []
+        with self.conn_or_acquire() as client:
+            client.script_load(RESERVE_SCRIPT)
 
     def flush_acks(self) -> None:
         """Remove the acknowledged tags from ``unacked`` now (one pipelined round trip)."""
@@ -442,7 +457,11 @@ class AtomicReserveMixin:
             self._requeue_pending()
         with self.conn_or_acquire() as client:
             try:
-                reply = client.execute_command(*self._reserve_args([queue], 1))
+                try:
+                    reply = client.execute_command(*self._reserve_args([queue], 1))
+                except NoScriptError:
+                    self._script_unknown()
+                    reply = client.execute_command(*self._reserve_args([queue], 1))
             except ResponseError as exc:
                 if not refused_for_memory(exc):
                     raise
@@ -467,9 +486,14 @@ class AtomicReserveMixin:
             self._requeue_pending()
         if self._expect_messages:
             self._pending_reply = "RESERVE"
-            command = self._reserve_args(queues, self._reserve_limit())
+            self._pending_limit = self._reserve_limit()
+            command = self._reserve_args(queues, self._pending_limit)
         else:
-            self.flush_acks()  # about to wait: nothing may stay pending meanwhile
+            # About to wait: nothing may stay pending meanwhile. Left to the flush
+            # timer, an ack waits up to 2 x ACK_FLUSH_SECONDS, and a worker killed
+            # -9 meanwhile has the finished task run again (R7 saw it). kombu sends
+            # every ack at once; here at most one round trip per wait.
+            self.flush_acks()
             self._pending_reply = "BELL"
             if self._next_due is not None:  # wake up when a delayed message is due
                 timeout = max(0.01, min(timeout or 1, round(self._next_due - time(), 3)))
@@ -491,6 +515,10 @@ class AtomicReserveMixin:
                 # Disconnect so the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
                 raise
+            except NoScriptError:
+                self._script_unknown()
+                self._expect_messages = True
+                raise kombu_redis.Empty() from None
             except ResponseError as exc:
                 if not refused_for_memory(exc):
                     raise
@@ -502,8 +530,12 @@ class AtomicReserveMixin:
                 self._expect_messages = True
                 raise kombu_redis.Empty()
             messages = self._accept_reserved(reply)
+            # Fewer than asked for: the queues are empty (the script took all there
+            # was and dropped their bells), so wait on the bells next rather than
+            # send a reservation that would come back empty (one round trip and
+            # script run per message at a shallow queue).
+            self._expect_messages = len(messages) >= self._pending_limit
             if not messages:
-                self._expect_messages = False
                 raise kombu_redis.Empty()
             self._deliver_reserved(messages)
             return True

@@ -4,6 +4,7 @@
 -- then the guard key.
 -- ARGV: number of queue lists, number of bells, most messages to take, now, most bells kept,
 -- then the tags acknowledged since the last call (removed first).
+-- Called by EVALSHA (the script is loaded once per connection, not sent with every call).
 -- Returns {refused count, earliest due time of a delayed message left or false, key1,
 -- message1, ...}; unacked entries as kombu's QoS.append writes.
 -- An entry that is not a kombu message is not handed out: a record {refused_reason, message}
@@ -63,7 +64,14 @@ for i = 1, n_queues do
         end
     end
 end
+-- Fewer taken than the limit: every queue list is empty now, and the bells rung for what
+-- was taken would only wake consumers to find nothing: they go. Else other consumers may
+-- be needed for what is left: at most max_bells of them wake up.
 for j = 1, n_bells do
-    redis.call('LTRIM', KEYS[n_queues + j], 0, max_bells - 1)
+    if taken < limit then
+        redis.call('DEL', KEYS[n_queues + j])
+    else
+        redis.call('LTRIM', KEYS[n_queues + j], 0, max_bells - 1)
+    end
 end
 return out
