@@ -79,11 +79,49 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     # Checked now, in the caller, not when the relay publishes the row.
     args, kwargs = arguments.check_message(_task(task), args, kwargs, options.get("queue"))
     args, kwargs = list(args), dict(kwargs)
+    # Claimed by this process from the start: after the commit it publishes the row
+    # as it has it in memory, and marks it with one UPDATE (no SELECT, no claim
+    # round trip). If this process dies first, the relay takes it after the lease.
     message = OutboxMessage.objects.create(
-        task_name=_task_name(task), args=args, kwargs=kwargs, options=options
+        task_name=_task_name(task),
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        claimed_until=timezone.now() + CLAIM_LEASE,
     )
-    transaction.on_commit(lambda: publish_pending([message.pk]))
+    transaction.on_commit(lambda: publish_committed(message))
     return message
+
+
+def publish_committed(row, *, app=None) -> bool:
+    """Publish a row that ``send_after_commit`` wrote and claimed; True once published.
+
+    When the broker is known to be down, or the publish fails, the claim is
+    released so the relay publishes the row as soon as the broker is back.
+    """
+    from celery import current_app
+
+    from .models import OutboxMessage
+
+    app = app or current_app
+    if _broker_known_down():
+        OutboxMessage.objects.filter(pk=row.pk).update(claimed_until=None)
+        return False
+    try:
+        with app.producer_or_acquire() as producer:
+            _publish(app, producer, row)
+    except Exception as exc:  # any failure: the row stays for the relay, nothing is lost
+        _note_broker_down()
+        error = mask_text(f"{type(exc).__name__}: {exc}")
+        OutboxMessage.objects.filter(pk=row.pk).update(
+            claimed_until=None, attempts=row.attempts + 1, last_error=error[:2000]
+        )
+        logger.warning("outbox: broker unreachable, the message waits for the relay: %s", error)
+        return False
+    OutboxMessage.objects.filter(pk=row.pk).update(
+        published_at=timezone.now(), claimed_until=None, attempts=row.attempts + 1
+    )
+    return True
 
 
 def _broker_known_down() -> bool:
