@@ -186,16 +186,14 @@ class AtomicReserveQoS(kombu_redis.QoS):
         """
         if not requeue:
             return super().reject(delivery_tag, requeue=False)
-        try:
-            self.restore_by_tag(delivery_tag, leftmost=True)
-        except (*self.channel.connection_errors, ResponseError) as exc:
-            if isinstance(exc, ResponseError) and not refused_for_memory(exc):
-                raise
-            self.channel._pending_requeues.append(delivery_tag)
+        channel = self.channel
+        channel._pending_requeues.append(delivery_tag)
+        refusal = channel._requeue_pending()
+        if refusal is not None:
             logger.warning(
                 "message %s not requeued yet (%s): requeued when Redis takes writes",
                 delivery_tag,
-                exc,
+                refusal,
             )
         virtual.QoS.ack(self, delivery_tag)
 
@@ -336,17 +334,19 @@ class AtomicReserveMixin:
             )
         self._flush_acks_quietly()
 
-    def _requeue_pending(self) -> None:
-        """Send the requeues Redis refused earlier; those it refuses again stay pending."""
+    def _requeue_pending(self) -> Exception | None:
+        """Send the pending requeues; those Redis refuses stay pending (the refusal returned)."""
         pending, self._pending_requeues = self._pending_requeues, []
         for index, tag in enumerate(pending):
             try:
                 self.qos.restore_by_tag(tag, leftmost=True)
             except (*self.connection_errors, ResponseError) as exc:
+                self._pending_requeues[:0] = pending[index + 1 :]
                 if isinstance(exc, ResponseError) and not refused_for_memory(exc):
-                    raise
-                self._pending_requeues[:0] = pending[index:]
-                return
+                    raise  # not a refusal to wait out: this one is not kept
+                self._pending_requeues.insert(0, tag)
+                return exc
+        return None
 
     def _script_unknown(self) -> None:
         """Redis answered NOSCRIPT: nothing ran. Load the script; its acks go with the next."""
