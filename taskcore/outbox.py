@@ -11,6 +11,16 @@ Each row is published by whoever claims it first (an atomic UPDATE with a
 lease), with the row's id as the task id. If a publisher dies between publish
 and marking the row, the lease expires and the row is published again under the
 same task id: at least once, which the effects' idempotency absorbs.
+
+On a Redis broker, the publish after commit marks the row "published" in Redis,
+in the message's own round trip (``taskcore.reliable_redis``), instead of a
+second transaction in the caller's thread (that UPDATE and its commit were a
+third of a ``send_after_commit``, B1 in docs/benchmarks.md). The relay copies the
+marks into the rows' ``published_at`` in batches (``record_published_marks``)
+before it looks for rows to publish, so a marked row is never published again,
+and a row whose message Redis lost with its mark (a restart without persistence)
+is. Until then a row is held by its publisher's lease, not counted as waiting.
+On RabbitMQ the row is marked by an UPDATE, as before.
 """
 
 from __future__ import annotations
@@ -18,10 +28,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import arguments
@@ -109,7 +119,7 @@ def publish_committed(row, *, app=None) -> bool:
         return False
     try:
         with app.producer_or_acquire() as producer:
-            _publish(app, producer, row)
+            marked = _publish(app, producer, row, mark=True)
     except Exception as exc:  # any failure: the row stays for the relay, nothing is lost
         _note_broker_down()
         error = mask_text(f"{type(exc).__name__}: {exc}")
@@ -118,6 +128,8 @@ def publish_committed(row, *, app=None) -> bool:
         )
         logger.warning("outbox: broker unreachable, the message waits for the relay: %s", error)
         return False
+    if marked:  # the broker holds the mark; the relay copies it into the row
+        return True
     OutboxMessage.objects.filter(pk=row.pk).update(
         published_at=timezone.now(), claimed_until=None, attempts=row.attempts + 1
     )
@@ -144,8 +156,61 @@ def _claim(pk) -> bool:
     return claimed == 1
 
 
+def waiting_rows():
+    """Rows not published and not held by a publisher's lease: the relay's work."""
+    from .models import OutboxMessage
+
+    return OutboxMessage.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=timezone.now()),
+        published_at__isnull=True,
+    )
+
+
+MARKS_READ_TIMEOUT = 5.0
+
+
+def record_published_marks(app=None) -> int:
+    """Copy the broker's "published" marks into their rows; how many rows were marked.
+
+    A mark leaves Redis only after its row's UPDATE (committed), so a crash here
+    repeats an UPDATE that changes nothing. ``published_at`` is the time of the
+    newest mark of its batch (within a relay interval of the publish).
+    """
+    from celery import current_app
+
+    from .models import OutboxMessage
+    from .redis_clients import NotRedis, broker_redis
+    from .reliable_redis import PUBLISHED_MARKS_KEY
+
+    app = app or current_app
+    try:
+        # Its own short-lived client: ``app`` may name another broker than the
+        # process's shared clients do (tests, several apps).
+        client = broker_redis(app, timeout=MARKS_READ_TIMEOUT)
+    except NotRedis:
+        return 0
+    prefix = (app.conf.broker_transport_options or {}).get("global_keyprefix") or ""
+    key = prefix + PUBLISHED_MARKS_KEY
+    recorded = 0
+    try:
+        while True:
+            marks = client.zrange(key, 0, RELAY_BATCH - 1, withscores=True)
+            if not marks:
+                return recorded
+            ids = [member.decode() if isinstance(member, bytes) else member for member, _ in marks]
+            newest = datetime.fromtimestamp(max(score for _, score in marks), tz=UTC)
+            recorded += OutboxMessage.objects.filter(pk__in=ids, published_at__isnull=True).update(
+                published_at=newest, claimed_until=None, attempts=F("attempts") + 1
+            )
+            client.zrem(key, *ids)
+            if len(marks) < RELAY_BATCH:
+                return recorded
+    finally:
+        client.close()
+
+
 def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
-    """Publish unpublished rows (the given ones, or the oldest RELAY_BATCH).
+    """Publish waiting rows (the given ones, or the oldest RELAY_BATCH).
 
     Returns counts: published, failed, skipped (claimed by someone else).
     """
@@ -158,9 +223,16 @@ def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
     if not force and _broker_known_down():
         counts["skipped"] = len(pks) if pks else 0
         return counts
-    pending = OutboxMessage.objects.filter(published_at__isnull=True)
+    try:
+        record_published_marks(app)  # a row published after commit is not published again
+    except Exception as exc:  # the broker is away: the publishes below find out and wait
+        logger.warning(
+            "outbox: cannot read the published marks: %s", mask_text(f"{type(exc).__name__}: {exc}")
+        )
     if pks is not None:
-        pending = pending.filter(pk__in=pks)
+        pending = OutboxMessage.objects.filter(published_at__isnull=True, pk__in=pks)
+    else:
+        pending = waiting_rows()
     rows = list(pending.order_by("created_at")[:RELAY_BATCH])
     if not rows:
         return counts
@@ -198,20 +270,26 @@ def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
 ROUTING_OPTIONS = ("queue", "priority")
 
 
-def _publish(app, producer, row) -> None:
+def _publish(app, producer, row, *, mark: bool = False) -> bool:
     """Publish one row as a task message, with the row's id as the task id.
+
+    With ``mark``, a transport that can (Redis) records the row as published in
+    the same round trip; returns whether it did.
 
     Lower level than ``send_task`` on purpose: ``send_task`` also subscribes
     this process to the task's result in the result backend, which blocks for
     many seconds when Redis is away, and a publisher does not wait for results.
     """
+    from .reliable_redis import PUBLISHED_MARK_PROPERTY
+
     options = dict(row.options or {})
+    task = app.tasks.get(row.task_name)
     route = app.amqp.router.route(
         {key: options[key] for key in ROUTING_OPTIONS if key in options},
         row.task_name,
         row.args,
         row.kwargs,
-        app.tasks.get(row.task_name),
+        task,
     )
     message = app.amqp.create_task_message(
         str(row.pk),
@@ -221,10 +299,21 @@ def _publish(app, producer, row) -> None:
         countdown=options.get("countdown"),
         expires=options.get("expires"),
         create_sent_event=app.conf.task_send_sent_event,
+        # As .delay() sends it: a task that ignores its result stores none.
+        ignore_result=bool(task is not None and task.ignore_result),
     )
+    marked = mark and getattr(producer.connection.transport, "records_published_marks", False)
+    properties = {PUBLISHED_MARK_PROPERTY: str(row.pk)} if marked else {}
     app.amqp.send_task_message(
-        producer, row.task_name, message, retry=True, retry_policy=PUBLISH_RETRY_POLICY, **route
+        producer,
+        row.task_name,
+        message,
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+        **route,
+        **properties,
     )
+    return marked
 
 
 def relay(max_batches: int = 100, *, app=None) -> dict:
@@ -240,6 +329,5 @@ def relay(max_batches: int = 100, *, app=None) -> dict:
 
 
 def backlog() -> int:
-    from .models import OutboxMessage
-
-    return OutboxMessage.objects.filter(published_at__isnull=True).count()
+    """Rows waiting for the relay (published ones and those in a publisher's hands are not)."""
+    return waiting_rows().count()

@@ -140,6 +140,15 @@ def refused_key(queue: str) -> str:
 # Bytes of a refused entry kept for inspection (as reserve.lua keeps).
 REFUSED_KEPT_BYTES = 65536
 
+# A message published with this property (a string: the outbox row's id) is
+# recorded as published in PUBLISHED_MARKS_KEY (id -> time), after the message in
+# the same round trip, so the outbox's caller writes no second transaction
+# (taskcore.outbox). A mark never exists without its message; a mark refused
+# alone (memory ran out between the two) makes the relay publish the row again
+# after its lease: at least once, as before.
+PUBLISHED_MARK_PROPERTY = "taskcore_published_mark"
+PUBLISHED_MARKS_KEY = "taskcore.outbox.published"
+
 
 class AtomicReserveQoS(kombu_redis.QoS):
     """kombu's Redis QoS, minus a round trip per message.
@@ -648,10 +657,12 @@ class AtomicReserveMixin:
 
     def _publish_commands(self, queue, message) -> list[tuple]:
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        mark = (message.get("properties") or {}).get(PUBLISHED_MARK_PROPERTY)
+        marks = [("zadd", PUBLISHED_MARKS_KEY, {mark: time()})] if mark else []
         due = due_at(message)
         if due is not None:  # parked until due (no bell: consumers move it when due)
-            return [("zadd", delayed_key(key), {dumps(message): due})]
-        commands = [("lpush", key, dumps(message)), ("lpush", bell_key(queue), 1)]
+            return [("zadd", delayed_key(key), {dumps(message): due}), *marks]
+        commands = [("lpush", key, dumps(message)), ("lpush", bell_key(queue), 1), *marks]
         expires = self._expires.get(queue) if self._expires else None
         if expires:
             for pri in self.priority_steps:
@@ -728,6 +739,9 @@ def _flush_acks_of(transport) -> None:
 
 class AtomicReserveTransportMixin:
     _ack_flush_timer = None
+    # Publishing honours PUBLISHED_MARK_PROPERTY (Channel._publish_commands); asked
+    # of the transport, which a producer knows without opening a channel.
+    records_published_marks = True
 
     def register_with_event_loop(self, connection, loop):
         super().register_with_event_loop(connection, loop)

@@ -272,9 +272,47 @@ def test_outbox_sends_only_after_commit(start_worker):
         message = outbox.send_after_commit(debug_task, ["after commit"])
         assert debug_task.AsyncResult(str(message.pk)).state == "PENDING"
     assert debug_task.AsyncResult(str(message.pk)).get(timeout=20)["message"] == "after commit"
+    assert outbox.backlog() == 0  # published, held by its publisher until the relay marks it
+    # The publish marked it in Redis with the message; the relay copies the mark into
+    # the row instead of publishing the row again.
+    assert outbox.relay()["published"] == 0
     message.refresh_from_db()
     assert message.published_at is not None and message.attempts == 1
-    assert outbox.backlog() == 0
+    assert outbox.relay()["published"] == 0 and outbox.backlog() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outbox_row_marked_published_by_redis_is_never_sent_twice_unless_redis_lost_it():
+    """No worker runs: the messages stay in Redis where the test can count them."""
+    from taskcore.redis_clients import broker_redis
+    from taskcore.reliable_redis import PUBLISHED_MARKS_KEY
+
+    client = broker_redis()
+    with transaction.atomic():
+        kept = outbox.send_after_commit(debug_task, ["kept"])
+    assert client.zscore(PUBLISHED_MARKS_KEY, str(kept.pk)) is not None
+    queued = client.llen("default")
+    assert queued == 1
+    # Its publisher's lease ran out (say it died) before any relay ran: the relay
+    # finds the mark and records the row as published instead of sending it again.
+    OutboxMessage.objects.filter(pk=kept.pk).update(claimed_until=None)
+    assert outbox.relay() == {"published": 0, "failed": 0, "skipped": 0}
+    kept.refresh_from_db()
+    assert kept.published_at is not None and kept.attempts == 1
+    assert client.llen("default") == 1 and client.zcard(PUBLISHED_MARKS_KEY) == 0
+
+    # Redis lost the message and its mark together (a restart without persistence):
+    # the row waits for the relay once its lease is over, and is sent again.
+    with transaction.atomic():
+        lost = outbox.send_after_commit(debug_task, ["lost"])
+    client.delete("default", PUBLISHED_MARKS_KEY)
+    assert outbox.backlog() == 0  # still its publisher's for the lease
+    OutboxMessage.objects.filter(pk=lost.pk).update(claimed_until=None)
+    assert outbox.backlog() == 1
+    assert outbox.relay()["published"] == 1
+    lost.refresh_from_db()
+    assert lost.published_at is not None and lost.attempts == 1
+    assert client.llen("default") == 1 and outbox.backlog() == 0
 
 
 def run_application_code(code: str, env: dict[str, str]) -> str:

@@ -745,10 +745,10 @@ def check_dead_letters(ctx: HealthContext) -> CheckResult:
 def check_outbox(ctx: HealthContext) -> CheckResult:
     from django.utils import timezone
 
-    from taskcore.models import OutboxMessage
+    from taskcore.outbox import waiting_rows
 
     try:
-        pending = OutboxMessage.objects.filter(published_at__isnull=True)
+        pending = waiting_rows()
         backlog = pending.count()
         first = pending.order_by("created_at").values_list("created_at", flat=True).first()
         oldest = (timezone.now() - first).total_seconds() if first else None
