@@ -25,6 +25,7 @@ On RabbitMQ the row is marked by an UPDATE, as before.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -81,7 +82,6 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     Returns the OutboxMessage; its id is the task id.
     """
     from .base import reject_model_instances
-    from .models import OutboxMessage
 
     args, kwargs = list(args or ()), dict(kwargs or {})
     reject_model_instances(args)
@@ -92,7 +92,7 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     # Claimed by this process from the start: after the commit it publishes the row
     # as it has it in memory, and marks it with one UPDATE (no SELECT, no claim
     # round trip). If this process dies first, the relay takes it after the lease.
-    message = OutboxMessage.objects.create(
+    message = _insert_row().create(
         task_name=_task_name(task),
         args=args,
         kwargs=kwargs,
@@ -101,6 +101,15 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     )
     transaction.on_commit(lambda: publish_committed(message))
     return message
+
+
+@functools.cache
+def _insert_row():
+    """The outbox's INSERT, compiled once (``Model.objects.create`` compiles it per row)."""
+    from .inserts import CompiledInsert
+    from .models import OutboxMessage
+
+    return CompiledInsert(OutboxMessage)
 
 
 def publish_committed(row, *, app=None) -> bool:
