@@ -27,7 +27,11 @@ included) over the paced run divided by the tasks gives the worker CPU per task,
 idle cost included; pickup latency is enqueue to start; the Redis commands per
 task (INFO commandstats, all clients, commands inside scripts included) show
 where round trips go. ``--systems bare,ours,ours-outbox`` also measures
-``send_after_commit`` (one transaction per call) against ours' workers.
+``send_after_commit`` (one transaction per call, charged in full) against ours'
+workers; ``ours-outbox-request`` sends it inside a transaction that writes a row
+of its own (a session, as a web request would): there the caller's CPU per send
+is what the send adds to that transaction (each paced request is followed by the
+same request without the send; the difference of the means).
 
 Each task's only work (besides the sleep) is one RPUSH of its enqueue-to-start
 latency (the enqueue time travels as the task's argument), the same in all
@@ -140,8 +144,11 @@ def produce(system: str, workload: str, count: int, mode: str) -> dict:
         django.setup()
     task = TASKS[workload]
     send = task.send if system == "dramatiq" else task.delay
+    baseline = None
     if variant == "ours-outbox":
         send = _send_after_commit(task)
+    if variant == "ours-outbox-request":
+        send, baseline = _request_with_send_after_commit(task)
     if mode == "delay-no-sent-at":
         from celery import signals
 
@@ -149,7 +156,7 @@ def produce(system: str, workload: str, count: int, mode: str) -> dict:
 
         signals.before_task_publish.disconnect(stamp_sent_at)
     if mode.startswith("paced:"):
-        return produce_paced(send, count, float(mode.split(":", 1)[1]))
+        return produce_paced(send, count, float(mode.split(":", 1)[1]), baseline)
     started = time.time()
     if mode == "fanout" and system == "dramatiq":
         mode = "delay"  # Dramatiq's send() is its bulk way already (one LPUSH each)
@@ -177,13 +184,50 @@ def _send_after_commit(task):
     return send
 
 
-def produce_paced(send, count: int, rate: float) -> dict:
-    """Steady load: one send every 1/rate seconds; the caller's CPU per send, sleeps excluded."""
+def _request_with_send_after_commit(task):
+    """A web request's transaction: it writes its own row (a session) and sends a task.
+
+    Returns the request and the same request without the send: the difference is
+    what ``send_after_commit`` adds to a transaction the request has anyway.
+    """
+    import uuid
+
+    from django.contrib.sessions.models import Session
+    from django.db import transaction
+    from django.utils import timezone
+
+    from taskcore.outbox import send_after_commit
+
+    def write_own_row():
+        Session.objects.create(
+            session_key=uuid.uuid4().hex, session_data="b1", expire_date=timezone.now()
+        )
+
+    def request(*args):
+        with transaction.atomic():
+            write_own_row()
+            send_after_commit(task, args)
+
+    def request_without_send():
+        with transaction.atomic():
+            write_own_row()
+
+    return request, request_without_send
+
+
+def produce_paced(send, count: int, rate: float, baseline=None) -> dict:
+    """Steady load: one send every 1/rate seconds; the caller's CPU per send, sleeps excluded.
+
+    With ``baseline`` (the same call without the send), each send is followed by
+    one baseline call, and the CPU per send is the difference of the two means.
+    """
     for _ in range(WARM_UP_SENDS):  # connections, imports, caches: not what a send costs
         send(time.time())
+        if baseline:
+            baseline()
     print("warm", flush=True)
     sys.stdin.readline()  # the orchestrator has counted the warm-up tasks out: go
-    cpu = 0.0
+    cpu = baseline_cpu = 0.0
     interval = 1.0 / rate
     process_cpu = time.process_time()
     started = time.time()
@@ -196,10 +240,14 @@ def produce_paced(send, count: int, rate: float) -> dict:
         before = time.thread_time()
         send(time.time())
         cpu += time.thread_time() - before
+        if baseline:
+            before = time.thread_time()
+            baseline()
+            baseline_cpu += time.thread_time() - before
     return {
         "start": started,
         "end": time.time(),
-        "cpu_per_send": cpu / count,
+        "cpu_per_send": (cpu - baseline_cpu) / count,
         # Also the producer's other threads and the pacing loop itself.
         "process_cpu_per_send": (time.process_time() - process_cpu) / count,
     }
@@ -255,7 +303,9 @@ class Bench:
 
     def system_env(self, system: str) -> dict[str, str]:
         """ours: Django settings; ours-norec: TaskRun recording off; ours-lean: and no
-        lifecycle lines; ours-outbox: ours, the producer sends with send_after_commit.
+        lifecycle lines; ours-outbox: ours, the producer sends with send_after_commit, a
+        transaction per send; ours-outbox-request: the same inside a transaction that
+        writes a row of its own, the caller's CPU being what the send adds to it.
         bare and dramatiq: no Django at all."""
         env = {**self.env, "B1_SYSTEM": system.split("-")[0]}
         if system.startswith("ours"):
