@@ -570,6 +570,9 @@ LOG_BACKUP_COUNT = env.int("LOG_BACKUP_COUNT", default=5)
 CELERY_TASK_LOG_LINES = env_or("CELERY_TASK_LOG_LINES", "summary").lower()
 # False: no received/started/finished task lines at all (problems are still logged).
 CELERY_TASK_LIFECYCLE_LOG = env.bool("CELERY_TASK_LIFECYCLE_LOG", default=True)
+# celery_tasks.log is written in groups: a task line waits at most this long (a
+# file lock per group, not per line); WARNING and worse at once; 0: a write per line.
+CELERY_TASK_LOG_FLUSH_SECONDS = env.float("CELERY_TASK_LOG_FLUSH_SECONDS", default=0.2)
 # One configuration per program: each also writes its own file (celery_worker.log,
 # celery_beat.log, flower.log). Django applies LOGGING (the web's) to every process;
 # a Celery program switches to its role's when it starts (admin_backend/celery.py).
@@ -582,6 +585,7 @@ LOGGING_BY_ROLE = {
         max_bytes=LOG_MAX_BYTES,
         backup_count=LOG_BACKUP_COUNT,
         task_lines=CELERY_TASK_LOG_LINES,
+        task_log_flush_seconds=CELERY_TASK_LOG_FLUSH_SECONDS,
     )
     for role in PROCESS_ROLES
 }

@@ -197,11 +197,15 @@ def subscribe_task_lines() -> None:
 
     ``CELERY_TASK_LOG_LINES``: ``"verbose"`` makes received/started lines INFO.
     ``CELERY_TASK_LIFECYCLE_LOG``: False leaves out received/started/finished.
+    Received/started lines at DEBUG are subscribed only when ``CELERY_LOG_LEVEL``
+    is DEBUG: otherwise each task would build two records nobody writes.
     """
     from django.conf import settings
 
     verbose = str(getattr(settings, "CELERY_TASK_LOG_LINES", "summary")).lower() == "verbose"
     _transition_level["level"] = logging.INFO if verbose else logging.DEBUG
+    debug = str(getattr(settings, "CELERY_LOG_LEVEL", "INFO")).upper() == "DEBUG"
+    lines_on = getattr(settings, "CELERY_TASK_LIFECYCLE_LOG", True)
     problems = {
         pipeline.RETRIED: on_task_retried,
         pipeline.FAILED: on_task_failed,
@@ -216,8 +220,13 @@ def subscribe_task_lines() -> None:
         pipeline.STARTED: on_task_started,
         pipeline.FINISHED: on_task_finished,
     }
+    written = {
+        pipeline.RECEIVED: verbose or debug,
+        pipeline.STARTED: verbose or debug,
+        pipeline.FINISHED: True,
+    }
     for event, callback in transitions.items():
-        if getattr(settings, "CELERY_TASK_LIFECYCLE_LOG", True):
+        if lines_on and written[event]:
             pipeline.subscribe(callback, events=[event])
         else:
             pipeline.unsubscribe(f"{callback.__module__}.{callback.__qualname__}")

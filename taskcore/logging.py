@@ -13,7 +13,9 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
@@ -98,7 +100,7 @@ class RotatingFileHandler(ConcurrentRotatingFileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:
         now = time.monotonic()
-        self._lost = getattr(self, "_lost", 0) + 1
+        self._lost = getattr(self, "_lost", 0) + (len(getattr(record, "lines", ())) or 1)
         if now - getattr(self, "_reported", float("-inf")) < UNWRITABLE_REPORT_INTERVAL:
             return
         self._reported = now
@@ -112,6 +114,124 @@ class RotatingFileHandler(ConcurrentRotatingFileHandler):
             )
         self._lost = 0
         _note_unwritable(self.baseFilename, problem)
+
+
+class _Lines(logging.LogRecord):
+    """Lines formatted already, written by one ``emit`` (see BufferedRotatingFileHandler)."""
+
+    def __init__(self, lines: list[str], last: logging.LogRecord) -> None:
+        super().__init__(last.name, last.levelno, last.pathname, last.lineno, "", None, None)
+        self.lines = lines
+
+
+class BufferedRotatingFileHandler(RotatingFileHandler):
+    """The rotating handler, writing lines in groups: one file lock per group.
+
+    For ``celery_tasks.log``, which gets a line per task from every worker
+    process: the cross-process lock, stale-file check and write of
+    ``concurrent_log_handler`` cost ~0.1 ms of worker CPU per line at 300 tasks/s
+    (B1 steady in docs/benchmarks.md). Here a line waits at most ``flush_seconds``
+    (a thread writes what waits) and is written with the lines that came
+    meanwhile; a WARNING or worse is written at once, with what waits before it.
+    ``close()`` (at exit, by ``logging.shutdown``) writes what waits; a process
+    killed with SIGKILL loses its last ``flush_seconds`` of INFO lines. Each line
+    keeps its own time and format. ``flush_seconds`` 0: a write per line.
+
+    Rotation is checked before each group, so a file may pass ``maxBytes`` by one
+    group: groups are kept under 1% of ``maxBytes`` (4 KiB at least).
+    """
+
+    def __init__(self, *args, flush_seconds: float = 0.2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flush_seconds = flush_seconds
+        self.max_group_chars = max(4096, self.maxBytes // 100) if self.maxBytes > 0 else 65536
+        self._waiting: list[str] = []
+        self._waiting_chars = 0
+        self._last: logging.LogRecord | None = None
+        self._flusher_pid: int | None = None
+        _buffered_handlers.add(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.flush_seconds <= 0:
+            return super().emit(record)
+        try:
+            line = self.format(record)
+        except Exception:
+            return self.handleError(record)
+        if self._waiting_chars + len(line) > self.max_group_chars:
+            self._write_waiting()
+        self._waiting.append(line)
+        self._waiting_chars += len(line) + 1
+        self._last = record
+        if record.levelno >= logging.WARNING:
+            self._write_waiting()
+        elif self._flusher_pid != os.getpid():
+            self._start_flusher()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record, _Lines):
+            return self.terminator.join(record.lines)
+        return super().format(record)
+
+    def _write_waiting(self) -> None:
+        """Write the waiting lines in one emit (the caller holds the handler's lock)."""
+        if not self._waiting:
+            return
+        lines, self._waiting, self._waiting_chars = self._waiting, [], 0
+        super().emit(_Lines(lines, self._last))
+
+    def flush(self) -> None:
+        # Each write flushes its stream already (concurrent_log_handler's do_write),
+        # and a write error goes to handleError there: nothing else to flush.
+        self.acquire()
+        try:
+            self._write_waiting()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.flush()
+        self._flusher_pid = None  # its thread ends
+        super().close()
+
+    def _start_flusher(self) -> None:
+        # One daemon thread per handler and process (a forked child starts its own).
+        self._flusher_pid = os.getpid()
+        thread = threading.Thread(
+            target=_flush_every, args=(weakref.ref(self),), name="log-flush", daemon=True
+        )
+        thread.start()
+
+
+def _flush_every(handler_ref) -> None:
+    """Write what waits every ``flush_seconds``, while the handler is open in this process."""
+    pid = os.getpid()
+    while True:
+        handler = handler_ref()  # not kept alive by this thread between flushes
+        if handler is None or handler._flusher_pid != pid:
+            return
+        interval = handler.flush_seconds
+        del handler
+        time.sleep(interval)
+        handler = handler_ref()
+        if handler is not None and handler._waiting:
+            with contextlib.suppress(Exception):  # emit reported it (handleError)
+                handler.flush()
+        del handler
+
+
+_buffered_handlers: weakref.WeakSet[BufferedRotatingFileHandler] = weakref.WeakSet()
+
+
+def _forget_parents_lines() -> None:
+    # A forked child inherits the lines its parent had not written yet: the parent
+    # writes them; the child starts empty (and starts its own flusher).
+    for handler in list(_buffered_handlers):
+        handler._waiting, handler._waiting_chars = [], 0
+        handler._flusher_pid = None
+
+
+os.register_at_fork(after_in_child=_forget_parents_lines)
 
 
 def _note_unwritable(filename: str, problem: str) -> None:
@@ -148,6 +268,7 @@ def build_logging_config(
     max_bytes: int = 10 * 1024 * 1024,
     backup_count: int = 5,
     task_lines: str = "summary",
+    task_log_flush_seconds: float = 0.2,
 ) -> dict:
     """Return a ``logging.config.dictConfig`` dictionary for this process's role.
 
@@ -159,6 +280,10 @@ def build_logging_config(
     each also in ``celery.log``, the role's file and the console. A line costs
     ~30 us per file (B1 in docs/benchmarks.md): at thousands of tasks a second
     the verbose mode costs more than the tasks.
+
+    ``task_log_flush_seconds``: ``celery_tasks.log`` is written in groups, a line
+    waiting at most this long (WARNING and worse at once); 0 writes each line
+    (``BufferedRotatingFileHandler``).
     """
     if task_lines not in ("summary", "verbose"):
         raise ValueError(f"CELERY_TASK_LOG_LINES must be summary or verbose, not {task_lines!r}")
@@ -181,6 +306,11 @@ def build_logging_config(
         }
 
     handlers = {key: rotating(filename) for key, filename in LOG_FILES.items()}
+    handlers["tasks"] = {
+        **handlers["tasks"],
+        "class": "taskcore.logging.BufferedRotatingFileHandler",
+        "flush_seconds": task_log_flush_seconds,
+    }
     handlers["console"] = {
         "class": "logging.StreamHandler",
         "formatter": formatter,

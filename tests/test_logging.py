@@ -38,7 +38,66 @@ def test_default_rotation_is_10_mb_keeping_5(tmp_path):
     handler = config["handlers"]["tasks"]
     assert handler["maxBytes"] == 10 * 1024 * 1024
     assert handler["backupCount"] == 5
-    assert handler["class"] == "taskcore.logging.RotatingFileHandler"
+    assert handler["class"] == "taskcore.logging.BufferedRotatingFileHandler"
+
+
+def _buffered_handler(path: Path, flush_seconds: float, max_bytes: int = 0):
+    import logging
+
+    from taskcore.logging import BufferedRotatingFileHandler
+
+    handler = BufferedRotatingFileHandler(
+        str(path), maxBytes=max_bytes, backupCount=50, flush_seconds=flush_seconds
+    )
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(f"test.buffered.{path.name}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def test_task_lines_are_written_in_groups_and_problems_at_once(tmp_path):
+    path = tmp_path / "tasks.log"
+    logger, handler = _buffered_handler(path, flush_seconds=3600)  # no timed write here
+    try:
+        logger.info("one")
+        logger.info("two")
+        assert not path.exists() or path.read_text() == ""  # waiting for the group
+        logger.warning("a problem")  # written at once, after what waited, in order
+        assert path.read_text().splitlines() == ["INFO one", "INFO two", "WARNING a problem"]
+        logger.info("three")
+    finally:
+        handler.close()  # what waits is written when the handler closes (process exit)
+        logger.removeHandler(handler)
+    assert path.read_text().splitlines()[-1] == "INFO three"
+
+
+def test_a_waiting_task_line_is_written_within_the_flush_interval(tmp_path):
+    path = tmp_path / "tasks.log"
+    logger, handler = _buffered_handler(path, flush_seconds=0.2)
+    try:
+        logger.info("soon")
+        assert wait_until(lambda: path.exists() and path.read_text() == "INFO soon\n", timeout=10)
+    finally:
+        handler.close()
+        logger.removeHandler(handler)
+
+
+def test_grouped_lines_keep_files_within_the_rotation_size(tmp_path):
+    path = tmp_path / "tasks.log"
+    logger, handler = _buffered_handler(path, flush_seconds=3600, max_bytes=40_000)
+    try:
+        for n in range(3000):
+            logger.info("line %05d %s", n, "x" * 60)
+    finally:
+        handler.close()
+        logger.removeHandler(handler)
+    files = [p for p in tmp_path.glob("tasks.log*") if p.suffix != ".lock"]
+    assert len(files) > 3
+    assert all(p.stat().st_size <= 40_000 + 4096 for p in files)
+    lines = _lines(tmp_path, "tasks.log")
+    assert sorted(lines) == [f"INFO line {n:05d} {'x' * 60}" for n in range(3000)]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -178,11 +178,19 @@ def test_task_lines_follow_the_settings(settings):
         subscribed |= set(pipeline.subscribers(pipeline.FINISHED))
         assert not lines & subscribed
         assert "taskcore.lifecycle.on_task_failed" in pipeline.subscribers(pipeline.FAILED)
-    finally:
+        # Received lines are DEBUG in the summary mode: subscribed when they can be written.
         settings.CELERY_TASK_LIFECYCLE_LOG = True
         lifecycle.subscribe_task_lines()
-    subscribed = set(pipeline.subscribers(pipeline.RECEIVED))
-    assert lines <= subscribed | set(pipeline.subscribers(pipeline.FINISHED))
+        assert "taskcore.lifecycle.on_task_received" not in pipeline.subscribers(pipeline.RECEIVED)
+        assert "taskcore.lifecycle.on_task_finished" in pipeline.subscribers(pipeline.FINISHED)
+        settings.CELERY_TASK_LOG_LINES = "verbose"
+        lifecycle.subscribe_task_lines()
+        subscribed = set(pipeline.subscribers(pipeline.RECEIVED))
+        assert lines <= subscribed | set(pipeline.subscribers(pipeline.FINISHED))
+    finally:
+        settings.CELERY_TASK_LIFECYCLE_LOG = True
+        settings.CELERY_TASK_LOG_LINES = "summary"
+        lifecycle.subscribe_task_lines()
 
 
 @pytest.mark.django_db(transaction=True)
