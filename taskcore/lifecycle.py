@@ -21,6 +21,7 @@ import os
 from celery import signals
 
 from . import pipeline, relay
+from .logging import write_waiting_lines
 from .secrets import mask_text
 
 worker_log = logging.getLogger("celery.lifecycle.worker")
@@ -71,6 +72,8 @@ def on_worker_process_init(**kwargs):
 @signals.worker_process_shutdown.connect
 def on_worker_process_shutdown(pid=None, exitcode=None, **kwargs):
     worker_log.info("worker child process exiting: pid=%s exitcode=%s", pid, exitcode)
+    # The child leaves through os._exit (billiard), without logging.shutdown.
+    write_waiting_lines()
 
 
 @signals.heartbeat_sent.connect

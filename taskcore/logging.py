@@ -223,6 +223,14 @@ def _flush_every(handler_ref) -> None:
 _buffered_handlers: weakref.WeakSet[BufferedRotatingFileHandler] = weakref.WeakSet()
 
 
+def write_waiting_lines() -> None:
+    """Write every grouped handler's waiting lines now: for a process about to end
+    without ``logging.shutdown`` (a prefork child leaves through ``os._exit``)."""
+    for handler in list(_buffered_handlers):
+        with contextlib.suppress(Exception):
+            handler.flush()
+
+
 def _forget_parents_lines() -> None:
     # A forked child inherits the lines its parent had not written yet: the parent
     # writes them; the child starts empty (and starts its own flusher).

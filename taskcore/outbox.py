@@ -29,6 +29,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
@@ -90,8 +91,9 @@ def send_after_commit(task, args=None, kwargs=None, **options):
     args, kwargs = arguments.check_message(_task(task), args, kwargs, options.get("queue"))
     args, kwargs = list(args), dict(kwargs)
     # Claimed by this process from the start: after the commit it publishes the row
-    # as it has it in memory, and marks it with one UPDATE (no SELECT, no claim
-    # round trip). If this process dies first, the relay takes it after the lease.
+    # as it has it in memory (no SELECT, no claim round trip), marked published by
+    # the publish itself on Redis (one UPDATE on RabbitMQ). If this process dies
+    # first, the relay takes it after the lease.
     message = _insert_row().create(
         task_name=_task_name(task),
         args=args,
@@ -206,16 +208,27 @@ def record_published_marks(app=None) -> int:
             marks = client.zrange(key, 0, RELAY_BATCH - 1, withscores=True)
             if not marks:
                 return recorded
-            ids = [member.decode() if isinstance(member, bytes) else member for member, _ in marks]
+            members = [member for member, _ in marks]
             newest = datetime.fromtimestamp(max(score for _, score in marks), tz=UTC)
-            recorded += OutboxMessage.objects.filter(pk__in=ids, published_at__isnull=True).update(
-                published_at=newest, claimed_until=None, attempts=F("attempts") + 1
-            )
-            client.zrem(key, *ids)
+            recorded += OutboxMessage.objects.filter(
+                pk__in=_row_ids(members), published_at__isnull=True
+            ).update(published_at=newest, claimed_until=None, attempts=F("attempts") + 1)
+            client.zrem(key, *members)
             if len(marks) < RELAY_BATCH:
                 return recorded
     finally:
         client.close()
+
+
+def _row_ids(members) -> list[uuid.UUID]:
+    """The row ids among the marks (anything else written there is dropped with them)."""
+    ids = []
+    for member in members:
+        try:
+            ids.append(uuid.UUID(member.decode() if isinstance(member, bytes) else member))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            logger.warning("outbox: %.100r in the published marks is not a row id", member)
+    return ids
 
 
 def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:

@@ -101,6 +101,25 @@ def test_grouped_lines_keep_files_within_the_rotation_size(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_recycled_prefork_child_writes_its_waiting_task_lines(start_worker, test_work_dir):
+    """A child replaced after its tasks leaves through os._exit, without logging's
+    shutdown: its grouped lines are written on the way out, not lost."""
+    log_dir = test_work_dir / "recycled-child-logs"
+    start_worker(
+        ["default"],
+        env={"LOG_DIR": str(log_dir), "CELERY_TASK_LOG_FLUSH_SECONDS": "3600"},
+        extra_args=["--max-tasks-per-child=1"],
+    )
+    ids = [debug_task.delay(f"child-{n}").get(timeout=30)["task_id"] for n in range(3)]
+
+    def finished_ids():
+        lines = _lines(log_dir, "celery_tasks.log")
+        return {i for i in ids if any(i in line and "task finished" in line for line in lines)}
+
+    assert wait_until(lambda: finished_ids() == set(ids), timeout=30) is True
+
+
+@pytest.mark.django_db(transaction=True)
 def test_logs_rotate_with_several_processes_writing_and_lose_no_line(start_worker, test_work_dir):
     log_dir = test_work_dir / "rotation-logs"
     # Small files so a few hundred tasks rotate many times; enough backups to keep all.

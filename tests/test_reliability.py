@@ -300,6 +300,8 @@ def test_outbox_row_marked_published_by_redis_is_never_sent_twice_unless_redis_l
     kept.refresh_from_db()
     assert kept.published_at is not None and kept.attempts == 1
     assert client.llen("default") == 1 and client.zcard(PUBLISHED_MARKS_KEY) == 0
+    client.zadd(PUBLISHED_MARKS_KEY, {"not-a-row-id": 1.0})  # dropped, nothing fails
+    assert outbox.relay()["published"] == 0 and client.zcard(PUBLISHED_MARKS_KEY) == 0
 
     # Redis lost the message and its mark together (a restart without persistence):
     # the row waits for the relay once its lease is over, and is sent again.
