@@ -306,6 +306,8 @@ class Bench:
         lifecycle lines; ours-outbox: ours, the producer sends with send_after_commit, a
         transaction per send; ours-outbox-request: the same inside a transaction that
         writes a row of its own, the caller's CPU being what the send adds to it.
+        bare-spec: bare Celery also sending task events (-E, for Flower) and writing its
+        task lines to a log file, the per-task work the spec asks of a deployment.
         bare and dramatiq: no Django at all."""
         env = {**self.env, "B1_SYSTEM": system.split("-")[0]}
         if system.startswith("ours"):
@@ -333,7 +335,7 @@ class Bench:
                     "8",
                 ]
             ]
-        if system == "bare":
+        if system in ("bare", "bare-spec"):
             shape = parse_shape(self.options.bare_shape)
             base = [
                 sys.executable,
@@ -349,7 +351,11 @@ class Bench:
                 f"--prefetch-multiplier={shape['prefetch']}",
                 "--max-tasks-per-child=1000",
             ]
-            return [[*base, f"--hostname=bare{i}@%h"] for i in range(shape["workers"])]
+            if system == "bare-spec":
+                # The work the spec asks of a deployment that ours does per task:
+                # task events (Flower) and a task log file (Celery's own lines).
+                base += ["--task-events", f"--logfile={self.work_dir / 'bare-tasks.log'}"]
+            return [[*base, f"--hostname={system}{i}@%h"] for i in range(shape["workers"])]
         from admin_backend import queues, worker_commands
 
         group = queues.QUEUES_BY_NAME[queues.DEFAULT_QUEUE].worker_group
