@@ -27,7 +27,7 @@ from celery import current_app
 from django.utils import timezone
 
 from . import arguments, pipeline
-from .redis_clients import broker_redis, broker_url, is_redis_url, state_redis
+from .redis_clients import broker_key_prefix, broker_redis, broker_url, is_redis_url, state_redis
 from .secrets import MASK, mask_text
 
 logger = logging.getLogger("celery.lifecycle.task")
@@ -282,7 +282,7 @@ def store_refused_entries(limit: int = 1000) -> int:
 
     if not is_redis_url(broker_url()):
         return 0
-    prefix = (current_app.conf.broker_transport_options or {}).get("global_keyprefix") or ""
+    prefix = broker_key_prefix()
     client = broker_redis()
     stored = 0
     for queue in queue_table().names:

@@ -190,7 +190,7 @@ def record_published_marks(app=None) -> int:
     from celery import current_app
 
     from .models import OutboxMessage
-    from .redis_clients import NotRedis, broker_redis
+    from .redis_clients import NotRedis, broker_key_prefix, broker_redis
     from .reliable_redis import PUBLISHED_MARKS_KEY
 
     app = app or current_app
@@ -200,8 +200,7 @@ def record_published_marks(app=None) -> int:
         client = broker_redis(app, timeout=MARKS_READ_TIMEOUT)
     except NotRedis:
         return 0
-    prefix = (app.conf.broker_transport_options or {}).get("global_keyprefix") or ""
-    key = prefix + PUBLISHED_MARKS_KEY
+    key = broker_key_prefix(app) + PUBLISHED_MARKS_KEY
     recorded = 0
     try:
         while True:

@@ -234,6 +234,11 @@ def state_redis(app=None, timeout: float | None = None) -> redis.Redis:
     return _client(STATE, app, timeout)
 
 
+def broker_key_prefix(app=None) -> str:
+    """The prefix kombu puts before the broker's keys (``global_keyprefix``), or ''."""
+    return (_app(app).conf.broker_transport_options or {}).get("global_keyprefix") or ""
+
+
 def broker_redis(app=None, timeout: float | None = None) -> redis.Redis:
     """The broker's Redis (its primary, behind Sentinel); NotRedis when the broker is RabbitMQ."""
     if broker_is_amqp(app):
