@@ -158,12 +158,7 @@ def _note_broker_down() -> None:
 
 
 def _claim(pk) -> bool:
-    from .models import OutboxMessage
-
-    now = timezone.now()
-    claimed = OutboxMessage.objects.filter(
-        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), pk=pk, published_at__isnull=True
-    ).update(claimed_until=now + CLAIM_LEASE)
+    claimed = waiting_rows().filter(pk=pk).update(claimed_until=timezone.now() + CLAIM_LEASE)
     return claimed == 1
 
 
@@ -230,10 +225,21 @@ def _row_ids(members) -> list[uuid.UUID]:
     return ids
 
 
-def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
+def _record_marks_quietly(app) -> None:
+    try:
+        record_published_marks(app)  # a row published after commit is not published again
+    except Exception as exc:  # the broker is away: the publishes that follow find out and wait
+        logger.warning(
+            "outbox: cannot read the published marks: %s", mask_text(f"{type(exc).__name__}: {exc}")
+        )
+
+
+def publish_pending(pks=None, *, app=None, force: bool = False, record_marks: bool = True) -> dict:
     """Publish waiting rows (the given ones, or the oldest RELAY_BATCH).
 
-    Returns counts: published, failed, skipped (claimed by someone else).
+    The broker's "published" marks are recorded first (``record_marks``; ``relay``
+    records them once for all its batches). Returns counts: published, failed,
+    skipped (claimed by someone else).
     """
     from celery import current_app
 
@@ -244,12 +250,8 @@ def publish_pending(pks=None, *, app=None, force: bool = False) -> dict:
     if not force and _broker_known_down():
         counts["skipped"] = len(pks) if pks else 0
         return counts
-    try:
-        record_published_marks(app)  # a row published after commit is not published again
-    except Exception as exc:  # the broker is away: the publishes below find out and wait
-        logger.warning(
-            "outbox: cannot read the published marks: %s", mask_text(f"{type(exc).__name__}: {exc}")
-        )
+    if record_marks:
+        _record_marks_quietly(app)
     if pks is not None:
         pending = OutboxMessage.objects.filter(published_at__isnull=True, pk__in=pks)
     else:
@@ -339,9 +341,13 @@ def _publish(app, producer, row, *, mark: bool = False) -> bool:
 
 def relay(max_batches: int = 100, *, app=None) -> dict:
     """Publish every pending row, batch after batch (the relay's job)."""
+    from celery import current_app
+
+    app = app or current_app
     total = {"published": 0, "failed": 0, "skipped": 0}
+    _record_marks_quietly(app)
     for _ in range(max_batches):
-        counts = publish_pending(app=app, force=True)
+        counts = publish_pending(app=app, force=True, record_marks=False)
         for key, value in counts.items():
             total[key] += value
         if counts["published"] == 0:
