@@ -11,12 +11,19 @@ producer, a replay): a mismatch there fails the task at once, into one dead
 letter, never a retry.
 
 A task with ``*args`` or ``**kwargs`` accepts anything and is not checked.
+
+Most calls pass every argument positionally, each already of its annotated
+scalar type (an id as an ``int``, a name as a ``str``): those are accepted
+without building a pydantic model instance (``_exact_scalars``), which is most
+of what a check costs (0.05 ms of a 0.4 ms ``.delay()``); anything else (a
+keyword, a ``"5"`` for an ``int``, a list) goes through pydantic.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
+from typing import NamedTuple
 
 from kombu.utils.json import dumps
 from pydantic import ConfigDict, ValidationError, create_model
@@ -42,6 +49,46 @@ def registered_task(app, name: str):
     if name not in app.tasks:
         app.loader.import_default_modules()
     return app.tasks.get(name)
+
+
+class _Checker(NamedTuple):
+    signature: inspect.Signature
+    model: type
+    shown: str  # the signature as error messages show it
+    # Per parameter, in order: the type a value must have exactly to be accepted
+    # as it is (``object``: any value, the parameter is unannotated or ``Any``);
+    # None when some parameter can only be checked by pydantic.
+    exact_types: tuple[type, ...] | None
+
+
+# Annotations whose values pydantic returns unchanged when given exactly that type.
+_SCALARS = frozenset({int, str, float, bool, bytes})
+
+
+def _exact_types(signature: inspect.Signature, hints: dict) -> tuple[type, ...] | None:
+    types = []
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is not parameter.POSITIONAL_OR_KEYWORD:
+            return None
+        hint = hints.get(name, typing.Any)
+        if hint is typing.Any:
+            types.append(object)
+        elif hint in _SCALARS:
+            types.append(hint)
+        else:
+            return None
+    return tuple(types)
+
+
+def _exact_scalars(checker: _Checker, args, kwargs) -> bool:
+    """Every parameter given positionally, each value of exactly its annotated type."""
+    types = checker.exact_types
+    if types is None or kwargs or args is None or len(args) != len(types):
+        return False
+    for value, kind in zip(args, types, strict=True):
+        if kind is not object and type(value) is not kind:
+            return False
+    return True
 
 
 def _model_for(task):
@@ -80,7 +127,7 @@ def _build_model(task):
         ],
         return_annotation=inspect.Signature.empty,
     )
-    return signature, model, f"{task.name}{shown}"
+    return _Checker(signature, model, f"{task.name}{shown}", _exact_types(signature, hints))
 
 
 def _describe(error: ValidationError) -> str:
@@ -99,7 +146,9 @@ def checked(task, args, kwargs) -> tuple[list | tuple, dict]:
     built = _model_for(task)
     if built is _UNCHECKED:
         return args or (), kwargs or {}
-    signature, model, shown = built
+    if _exact_scalars(built, args, kwargs):
+        return tuple(args), {}
+    signature, model, shown, _ = built
     try:
         bound = signature.bind(*(args or ()), **(kwargs or {}))
     except TypeError as exc:

@@ -104,6 +104,31 @@ def test_arguments_are_sent_as_validated(app):
     assert (args, kwargs) == (["five", 0.5], {})  # "0.5" is a valid float: sent as one
 
 
+def test_positional_arguments_of_their_exact_types_are_accepted_as_they_are(app):
+    """The fast path (no pydantic instance) accepts only what pydantic would return unchanged."""
+    from taskcore.arguments import checked
+
+    # (Annotations are strings here: they must resolve in the module's globals.)
+    @app.task(name="tests.poison.typed", bind=True)
+    def typed(self, upload_id: int, name: str, ratio: float, extra, flag: bool = False):
+        return None
+
+    marker = object()
+    args, kwargs = checked(typed, [7, "a", 0.5, marker, True], {})
+    assert args == (7, "a", 0.5, marker, True) and args[3] is marker and kwargs == {}
+    # Not of the exact type: pydantic converts ("5" -> 5, 1 -> 1.0) or refuses.
+    assert checked(typed, ["5", "a", 1, None], {}) == ((5, "a", 1.0, None), {})
+    assert type(checked(typed, [1, "a", 1, None], {})[0][2]) is float
+    with pytest.raises(InvalidTaskArguments, match=r"upload_id: Input should be a valid integer"):
+        checked(typed, ["five", "a", 0.5, None], {})
+    # Counts and keywords are still checked against the signature.
+    with pytest.raises(InvalidTaskArguments, match="missing a required argument: 'extra'"):
+        checked(typed, [1, "a", 0.5], {})
+    with pytest.raises(InvalidTaskArguments, match="too many positional arguments"):
+        checked(typed, [1, "a", 0.5, None, True, "surplus"], {})
+    assert checked(typed, [1, "a"], {"ratio": "0.25", "extra": 3}) == ((1, "a", 0.25, 3), {})
+
+
 def test_a_five_megabyte_argument_fails_at_send_time_with_the_limit(app):
     with pytest.raises(MessageTooLarge, match=r"over queue 'default''s limit of 1,048,576"):
         debug_task.delay(FIVE_MB)
