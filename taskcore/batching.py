@@ -102,13 +102,14 @@ class FlushingBuffer:
         return len(items)
 
     def _ensure_thread(self) -> None:
-        pid = os.getpid()
-        if self._pid == pid:
+        # _pid is reset in a forked child (register_at_fork below), so a set _pid is
+        # this process's thread: no getpid() system call on every item.
+        if self._pid is not None:
             return
         with self._lock:
-            if self._pid == pid:
+            if self._pid is not None:
                 return
-            self._pid = pid
+            self._pid = os.getpid()
             threading.Thread(target=self._run, name=f"flush-{self.name}", daemon=True).start()
 
     def _forget_parent(self) -> None:

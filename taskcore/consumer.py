@@ -95,10 +95,15 @@ class GuardedConsumer(Consumer):
 
     # When a delayed flush of buffered task events was scheduled (monotonic), or None.
     _event_flush_due: float | None = None
+    # TASKCORE_EVENT_FLUSH_SECONDS, read once: this runs for every task event
+    # (three a task), where reading the setting was ~2% of the worker's CPU.
+    _event_flush_delay: float | None = None
 
     def on_send_event_buffered(self):
         """An event was buffered (in the loop or in a pool thread): flush it a little later."""
-        delay = event_flush_seconds()
+        delay = self._event_flush_delay
+        if delay is None:
+            delay = self._event_flush_delay = event_flush_seconds()
         if not self.hub or delay <= 0:
             return super().on_send_event_buffered()
         due = self._event_flush_due

@@ -165,7 +165,7 @@ class BufferedRotatingFileHandler(RotatingFileHandler):
         self._last = record
         if record.levelno >= logging.WARNING:
             self._write_waiting()
-        elif self._flusher_pid != os.getpid():
+        elif self._flusher_pid is None:  # reset in a forked child: no getpid() per line
             self._start_flusher()
 
     def format(self, record: logging.LogRecord) -> str:
